@@ -1,0 +1,138 @@
+/* libblink: run agents in hardware-isolated VM sandboxes.
+ *
+ * Conventions (docs/errors.md has the long form):
+ * - Fallible functions return 0 (or a pointer) on success and a negative value
+ *   (or NULL) on failure, filling the caller's blink_error_t when it is not
+ *   NULL. The error holds a stable code, the errno if one applies, and a
+ *   lowercase message naming the operation and the object.
+ * - Handles are opaque. Whatever a function returns through an out-pointer
+ *   belongs to the caller, who frees it with the matching *_free call.
+ * - Option structs begin with `struct_size`; set it to sizeof the struct so
+ *   that newer libraries can tell which fields the caller knows.
+ * - Thread safety: a blink_t may be used from several threads at once; runs in
+ *   different threads are independent. Callbacks run on the thread that called
+ *   the function that takes them.
+ */
+#ifndef BLINK_BLINK_H
+#define BLINK_BLINK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__) && defined(BLINK_BUILDING_LIBRARY)
+#define BLINK_API __attribute__((visibility("default")))
+#else
+#define BLINK_API
+#endif
+
+#define BLINK_VERSION_STRING "0.1.0"
+
+/* Status codes. Append-only: a code's number never changes meaning. */
+typedef enum blink_status {
+    BLINK_OK = 0,
+    BLINK_E_INVALID = 1,      /* a bad argument, option or name */
+    BLINK_E_NOT_FOUND = 2,    /* a file, image or session that does not exist */
+    BLINK_E_EXISTS = 3,       /* the thing to create is already there */
+    BLINK_E_BUSY = 4,         /* someone else holds it now; try again later */
+    BLINK_E_IO = 5,           /* reading or writing host files failed */
+    BLINK_E_NO_MEMORY = 6,    /* host memory allocation failed */
+    BLINK_E_PROTOCOL = 7,     /* the guest or QEMU broke the protocol */
+    BLINK_E_VM = 8,           /* the VM failed to start, crashed or panicked */
+    BLINK_E_TIMEOUT = 9,      /* a bound passed (boot, shutdown) */
+    BLINK_E_MISSING_DEP = 10, /* a host program is not installed */
+    BLINK_E_PERMISSION = 11,  /* the host refused access */
+    BLINK_E_NOT_SETUP = 12,   /* kernel or image missing: run the setup */
+    BLINK_E_INTERNAL = 13,    /* a bug in Blink */
+} blink_status_t;
+
+typedef struct blink_error {
+    blink_status_t code;
+    int sys_errno;      /* errno of the failing call, or 0 */
+    char message[1024]; /* lowercase, without the errno text */
+} blink_error_t;
+
+/* The name of a status code ("invalid", "not found", ...). Never NULL. */
+BLINK_API const char *blink_strerror(blink_status_t code);
+
+/* Formats `err` as "message: strerror(errno)" into buf. Returns buf. */
+BLINK_API const char *blink_error_format(const blink_error_t *err, char *buf, size_t size);
+
+/* ---- context ---- */
+
+typedef struct blink blink_t;
+
+/* Opens Blink's state directory. `home` NULL means $BLINK_HOME, else
+ * $XDG_DATA_HOME/blink, else ~/.local/share/blink. The directory is created
+ * when missing and must be writable. */
+BLINK_API blink_t *blink_open(const char *home, blink_error_t *err);
+BLINK_API void blink_close(blink_t *blink);
+BLINK_API const char *blink_home(const blink_t *blink);
+
+/* ---- runs ---- */
+
+typedef enum blink_stream { BLINK_STDOUT = 1, BLINK_STDERR = 2 } blink_stream_t;
+
+/* Called with output as it arrives, before any truncation. */
+typedef void (*blink_output_fn)(blink_stream_t stream, const char *data, size_t len,
+                                void *userdata);
+
+typedef struct blink_run_options {
+    size_t struct_size;        /* sizeof(blink_run_options_t) */
+    const char *image;         /* local image name; NULL for the default */
+    unsigned timeout_sec;      /* 0: no timeout */
+    unsigned memory_mib;       /* 0: 512 */
+    unsigned cpus;             /* 0: 1 */
+    const char *const *args;   /* arguments after the agent path */
+    size_t arg_count;
+    const char *const *env;    /* "KEY=VALUE" entries added to the agent's env */
+    size_t env_count;
+    size_t output_cap;         /* bytes kept per stream; 0: 16 MiB */
+    unsigned boot_timeout_sec; /* 0: $BLINK_BOOT_TIMEOUT or 60 */
+    blink_output_fn on_output; /* may be NULL */
+    void *userdata;
+} blink_run_options_t;
+
+typedef struct blink_result blink_result_t;
+
+/* Runs the agent at host path `agent_path` in a fresh VM that is discarded
+ * afterwards. On success *result holds the outcome (whatever the agent's exit
+ * code); free it with blink_result_free. Fails for Blink's own failures: a
+ * bad path, a VM that does not boot, a crash. Thread-safe. */
+BLINK_API int blink_run(blink_t *blink, const char *agent_path, const blink_run_options_t *options,
+                        blink_result_t **result, blink_error_t *err);
+
+/* The seed's run_agent_script_default: default context, default options. */
+BLINK_API int blink_run_agent_script_default(const char *agent_path, blink_result_t **result,
+                                             blink_error_t *err);
+
+BLINK_API void blink_result_free(blink_result_t *result);
+
+/* Exit status of the agent, or -1 when it was killed by a signal or timed out. */
+BLINK_API int blink_result_exit_code(const blink_result_t *result);
+/* Signal that ended the agent, 0 if none. */
+BLINK_API int blink_result_signal(const blink_result_t *result);
+BLINK_API bool blink_result_timed_out(const blink_result_t *result);
+BLINK_API bool blink_result_oom_killed(const blink_result_t *result);
+BLINK_API uint64_t blink_result_duration_ms(const blink_result_t *result);
+/* Kept output of a stream (up to the cap). Valid until the result is freed;
+ * not NUL-terminated in general, may contain any bytes. */
+BLINK_API const char *blink_result_output(const blink_result_t *result, blink_stream_t stream,
+                                          size_t *len);
+/* Total bytes the agent wrote to a stream, and whether the kept part is short. */
+BLINK_API uint64_t blink_result_output_total(const blink_result_t *result,
+                                             blink_stream_t stream);
+BLINK_API bool blink_result_truncated(const blink_result_t *result, blink_stream_t stream);
+/* The execution_result JSON object as one line (no newline), with the fields
+ * of the agent's own execution_result line merged in. Caller frees. */
+BLINK_API char *blink_result_to_json(const blink_result_t *result);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

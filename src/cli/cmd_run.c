@@ -1,0 +1,165 @@
+/* blink-cli run PATH [options] [-- ARGS...]: one agent in a fresh VM. */
+#include "cli.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_ENV 256
+
+static const char run_help[] =
+    "usage: blink-cli run PATH [options] [-- ARGS...]\n"
+    "\n"
+    "Runs the agent at PATH (a script with a shebang line, or a binary) in a\n"
+    "fresh VM and prints one execution_result JSON line on stdout.\n"
+    "\n"
+    "  --timeout SECONDS   stop the agent after this long (default: none)\n"
+    "  --memory MIB        guest memory (default 512)\n"
+    "  --cpus N            guest CPUs (default 1)\n"
+    "  --env KEY=VALUE     add to the agent's environment (repeatable)\n"
+    "  --image NAME        local image (default: the embedded default image)\n"
+    "  --output-cap BYTES  bytes of each stream kept in the result (default 16 MiB)\n"
+    "  --boot-timeout SEC  give up if the guest is not up in time (default 60)\n"
+    "  --stream            also copy the agent's output live to stderr\n"
+    "\n"
+    "Exit status: the agent's exit code; 128+N if a signal N killed it; 124 on\n"
+    "timeout; 125 when Blink itself failed (an error event is printed).\n";
+
+/* Parses a decimal number in [min, max]; false on anything else. */
+static bool parse_number(const char *text, unsigned long long min, unsigned long long max,
+                         unsigned long long *out)
+{
+    char *end;
+    if (text == NULL || *text < '0' || *text > '9')
+        return false;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno != 0 || *end != '\0' || v < min || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+static void stream_output(blink_stream_t stream, const char *data, size_t len, void *userdata)
+{
+    (void)stream;
+    (void)userdata;
+    fwrite(data, 1, len, stderr);
+    fflush(stderr);
+}
+
+static int exit_status_of(const blink_result_t *result)
+{
+    if (blink_result_timed_out(result))
+        return CLI_EXIT_TIMEOUT;
+    if (blink_result_signal(result))
+        return CLI_EXIT_SIGNAL_BASE + blink_result_signal(result);
+    return blink_result_exit_code(result) & 0xff;
+}
+
+int cmd_run(int argc, char **argv)
+{
+    enum { OPT_TIMEOUT = 256, OPT_MEMORY, OPT_CPUS, OPT_ENV, OPT_IMAGE, OPT_STREAM,
+           OPT_OUTPUT_CAP, OPT_BOOT_TIMEOUT, OPT_HELP };
+    static const struct option long_options[] = {
+        {"timeout", required_argument, NULL, OPT_TIMEOUT},
+        {"memory", required_argument, NULL, OPT_MEMORY},
+        {"cpus", required_argument, NULL, OPT_CPUS},
+        {"env", required_argument, NULL, OPT_ENV},
+        {"image", required_argument, NULL, OPT_IMAGE},
+        {"stream", no_argument, NULL, OPT_STREAM},
+        {"output-cap", required_argument, NULL, OPT_OUTPUT_CAP},
+        {"boot-timeout", required_argument, NULL, OPT_BOOT_TIMEOUT},
+        {"help", no_argument, NULL, OPT_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    blink_run_options_t options = {.struct_size = sizeof(options)};
+    const char *env[MAX_ENV];
+    size_t env_count = 0;
+    unsigned long long n;
+    int opt;
+
+    opterr = 0;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
+        switch (opt) {
+        case OPT_TIMEOUT:
+            if (!parse_number(optarg, 1, 7 * 86400, &n))
+                return cli_usage_error("run", "--timeout `%s`: use 1-604800 seconds", optarg);
+            options.timeout_sec = (unsigned)n;
+            break;
+        case OPT_MEMORY:
+            if (!parse_number(optarg, 128, 65536, &n))
+                return cli_usage_error("run", "--memory `%s`: use 128-65536 MiB", optarg);
+            options.memory_mib = (unsigned)n;
+            break;
+        case OPT_CPUS:
+            if (!parse_number(optarg, 1, 64, &n))
+                return cli_usage_error("run", "--cpus `%s`: use 1-64", optarg);
+            options.cpus = (unsigned)n;
+            break;
+        case OPT_ENV:
+            if (strchr(optarg, '=') == NULL || optarg[0] == '=')
+                return cli_usage_error("run", "--env `%s`: use KEY=VALUE", optarg);
+            if (env_count == MAX_ENV)
+                return cli_usage_error("run", "more than %d --env options", MAX_ENV);
+            env[env_count++] = optarg;
+            break;
+        case OPT_IMAGE:
+            options.image = optarg;
+            break;
+        case OPT_STREAM:
+            options.on_output = stream_output;
+            break;
+        case OPT_OUTPUT_CAP:
+            if (!parse_number(optarg, 1, 1ull << 32, &n))
+                return cli_usage_error("run", "--output-cap `%s`: use 1-4294967296", optarg);
+            options.output_cap = (size_t)n;
+            break;
+        case OPT_BOOT_TIMEOUT:
+            if (!parse_number(optarg, 1, 3600, &n))
+                return cli_usage_error("run", "--boot-timeout `%s`: use 1-3600", optarg);
+            options.boot_timeout_sec = (unsigned)n;
+            break;
+        case OPT_HELP:
+            fputs(run_help, stdout);
+            return 0;
+        default:
+            return cli_usage_error("run", "unknown or incomplete option `%s`",
+                                   argv[optind - 1]);
+        }
+    }
+    if (optind >= argc)
+        return cli_usage_error("run", "missing the agent PATH");
+
+    const char *path = argv[optind];
+    options.args = (const char *const *)argv + optind + 1;
+    options.arg_count = (size_t)(argc - optind - 1);
+    options.env = env;
+    options.env_count = env_count;
+
+    blink_error_t err = {0};
+    blink_t *blink = blink_open(NULL, &err);
+    if (blink == NULL)
+        return cli_fail(&err);
+
+    blink_result_t *result = NULL;
+    int rc = blink_run(blink, path, &options, &result, &err);
+    blink_close(blink);
+    if (rc < 0)
+        return cli_fail(&err);
+
+    char *json = blink_result_to_json(result);
+    int status = exit_status_of(result);
+    blink_result_free(result);
+    if (json == NULL) {
+        blink_error_t oom = {.code = BLINK_E_NO_MEMORY, .message = "encode result"};
+        return cli_fail(&oom);
+    }
+    puts(json);
+    free(json);
+    return status;
+}

@@ -1,0 +1,41 @@
+/* Every size a peer controls is capped here, with the reason for the number.
+ * Host and guest both include this file, so the two sides agree on the limits. */
+#ifndef BLINK_CAPS_H
+#define BLINK_CAPS_H
+
+/* Largest BLIN payload either side accepts. Output chunks are 32 KiB and file
+ * chunks 256 KiB, so 1 MiB leaves room for an exec request with a large
+ * environment while keeping one frame's buffer small enough to never matter. */
+#define BLINK_CAP_BLIN_PAYLOAD (1u << 20)
+
+/* Chunk sizes the senders use; both are well under the payload cap. */
+#define BLINK_CAP_OUTPUT_CHUNK (32u << 10)
+#define BLINK_CAP_FILE_CHUNK (256u << 10)
+
+/* An agent file larger than this is refused before a VM starts: agents are
+ * scripts and single binaries, and the guest keeps the file on its disk. */
+#define BLINK_CAP_AGENT_FILE (256ull << 20)
+
+/* Arguments and environment entries of one exec request. */
+#define BLINK_CAP_EXEC_STRINGS 4096u
+#define BLINK_CAP_EXEC_STRING (64u << 10)
+
+/* Default bytes of each stream kept in a run's result; the rest is counted and
+ * dropped, and the result says it was truncated. Configurable per run. */
+#define BLINK_DEFAULT_OUTPUT_CAP (16u << 20)
+
+/* Tail of each stream kept to find the agent's last line (the JSON result
+ * line), independent of the head cap above. */
+#define BLINK_CAP_LAST_LINE (256u << 10)
+
+/* One QMP message (a line of JSON) from QEMU. Replies we ask for are small;
+ * anything longer is a broken or hostile monitor. */
+#define BLINK_CAP_QMP_LINE (1u << 20)
+
+/* Console (serial) output of a VM kept for error messages. */
+#define BLINK_CAP_CONSOLE_TAIL (16u << 10)
+
+/* Bytes queued towards the guest before the host stops reading new input. */
+#define BLINK_CAP_SEND_QUEUE (4u << 20)
+
+#endif

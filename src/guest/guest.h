@@ -1,0 +1,113 @@
+/* blink-guest: PID 1 of a Blink VM. Internal interfaces between its files.
+ *
+ * Error convention: a function that can fail returns 0 (or a non-negative
+ * value) on success and a negative errno on failure, and logs what failed,
+ * naming the object, because the console is where a guest failure is read.
+ * The caller decides whether the failure is fatal (power off), reported to
+ * the host (an Error frame) or only a warning. */
+#ifndef BLINK_GUEST_H
+#define BLINK_GUEST_H
+
+#include "blin.h"
+
+#include <poll.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Concurrent executions one VM serves; each holds up to three fds. */
+#define GUEST_MAX_EXECUTIONS 128
+
+/* Concurrent file transfers; the host sends files one after another. */
+#define GUEST_MAX_TRANSFERS 16
+
+/* Stdin bytes kept for executions that are not reading their input. The
+ * protocol has no flow control towards the guest, so this is where a host
+ * that outruns a slow reader is refused (ENOBUFS) instead of growing memory:
+ * 1 MiB per execution is sixteen pipe buffers, and the total keeps a flood
+ * across many executions small next to the agents' memory. */
+#define GUEST_STDIN_QUEUE_MAX (1u << 20)
+#define GUEST_STDIN_QUEUE_TOTAL_MAX (16u << 20)
+
+#define AGENTS_CGROUP "/sys/fs/cgroup/agents"
+
+/* ---- io.c: small file helpers ---- */
+
+/* write(2) until done, retrying EINTR. 0 or -errno. */
+int write_all(int fd, const void *data, size_t len);
+/* Reads a whole small file into buf (NUL-terminated). Length or -errno;
+ * -EFBIG when it does not fit. Does not log. */
+ssize_t read_small_file(const char *path, char *buf, size_t size);
+/* Writes a string to an existing file such as a sysfs or cgroup knob. */
+int write_small_file(const char *path, const char *text);
+/* mkdir that accepts an existing directory. */
+int ensure_directory(const char *path, mode_t mode);
+/* Creates every missing parent directory of `path` with `mode`. */
+int make_parent_directories(const char *path, mode_t mode);
+int set_nonblocking(int fd);
+/* Milliseconds of CLOCK_MONOTONIC, for deadlines. */
+uint64_t monotonic_ms(void);
+void sleep_ms(unsigned ms);
+
+/* ---- system.c: boot steps and power off ---- */
+
+typedef struct boot_options {
+    bool probe;     /* blink.mode=probe: report and power off */
+    bool debug;     /* blink.debug=1 */
+    bool root_ro;   /* blink.root_ro=1: mount the root disk read-only */
+} boot_options_t;
+
+int mount_early_filesystems(void);
+void read_boot_options(boot_options_t *options);
+void load_modules(void);
+/* Waits for /dev/vda and the control port; fills `port_path`. */
+int wait_for_devices(char *port_path, size_t size);
+int switch_to_root_disk(bool read_only);
+int mount_runtime_filesystems(void);
+void configure_system(void);
+/* Creates the agents control group; false when agents run unconfined. */
+bool setup_agents_cgroup(void);
+/* oom_kill count of the agents group, 0 when unknown. */
+uint64_t agents_oom_kills(void);
+
+/* Stops every process, syncs, makes the root read-only and powers off. */
+_Noreturn void power_off(void);
+
+/* ---- control.c: the control port ---- */
+
+/* Sends Ready, then serves the port until the host asks to shut down or goes
+ * away. Never returns. */
+_Noreturn void control_serve(int port_fd, bool agents_cgroup);
+
+/* Sends one frame. A failed write means the host is unreachable, so this
+ * powers the VM off rather than returning an error. */
+void control_send(uint8_t type, uint64_t request_id, const void *payload, size_t len);
+/* Sends a frame whose payload already sits at frame + BLIN_HEADER_SIZE; the
+ * header is written in place so the frame leaves in one write(2). */
+void control_send_in_place(uint8_t *frame, uint8_t type, uint64_t request_id, size_t len);
+void control_send_writer(uint8_t type, uint64_t request_id, blin_writer_t *w);
+/* Sends Error (errno and message) for a request and logs it as a warning. */
+void control_reply_error(uint64_t request_id, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ---- exec.c: executions ---- */
+
+void exec_init(bool agents_cgroup);
+void exec_handle_exec(uint64_t id, const uint8_t *payload, size_t len);
+void exec_handle_stdin(uint64_t id, const uint8_t *payload, size_t len);
+void exec_handle_signal(uint64_t id, const uint8_t *payload, size_t len);
+void exec_handle_resize(uint64_t id, const uint8_t *payload, size_t len);
+/* Fills pollfds for the executions' fds; returns how many were used. */
+size_t exec_poll_prepare(struct pollfd *fds, size_t max);
+void exec_poll_handle(const struct pollfd *fds, size_t count);
+/* Reaps every exited child and reports the executions that ended. */
+void exec_reap_children(void);
+
+/* ---- files.c: file transfers ---- */
+
+void files_handle_begin(uint64_t id, const uint8_t *payload, size_t len);
+void files_handle_data(uint64_t id, const uint8_t *payload, size_t len);
+
+#endif
