@@ -47,6 +47,7 @@ typedef struct execution {
     uint64_t id;
     pid_t pid;
     int pty_fd;    /* PTY master, output and input; -1 without a PTY */
+    bool pty_idle; /* no process holds the terminal any more (EIO) */
     int stdout_fd; /* read ends of the output pipes; -1 once closed */
     int stderr_fd;
     int stdin_fd;  /* write end of the stdin pipe; -1 for /dev/null or closed */
@@ -514,11 +515,16 @@ static ssize_t forward_output(execution_t *e, stream_t stream)
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return 0;
 
-    /* End of file, or EIO from a PTY master once no process holds the
-     * terminal: nothing more will come. */
-    close_fd(fd);
-    if (stream == STREAM_PTY)
+    /* EIO from a PTY master: no process holds the terminal now. The master
+     * stays open until the main process has exited, because closing it hangs
+     * up the terminal and that sends SIGHUP to a process still exiting. */
+    if (stream == STREAM_PTY) {
+        e->pty_idle = true;
         drop_input(e);
+        return -1;
+    }
+    /* End of file: every writer of the pipe is gone. */
+    close_fd(fd);
     return -1;
 }
 
@@ -529,7 +535,7 @@ static void drain_output(execution_t *e, stream_t stream)
     int queued = 0;
     size_t sent = 0;
 
-    if (*stream_fd(e, stream) < 0)
+    if (*stream_fd(e, stream) < 0 || (stream == STREAM_PTY && e->pty_idle))
         return;
     if (ioctl(*stream_fd(e, stream), FIONREAD, &queued) < 0 || queued < 0)
         queued = 0;
@@ -676,7 +682,7 @@ void exec_handle_stdin(uint64_t id, const uint8_t *payload, size_t len)
                             (unsigned long long)id);
         return;
     }
-    if (input_fd(e) < 0 || e->stdin_eof_pending) {
+    if (input_fd(e) < 0 || e->stdin_eof_pending || e->pty_idle) {
         control_reply_error(id, EPIPE, "stdin of execution %llu is closed",
                             (unsigned long long)id);
         return;
@@ -767,7 +773,7 @@ size_t exec_poll_prepare(struct pollfd *fds, size_t max)
         execution_t *e = &executions[i];
         if (!e->used)
             continue;
-        if (e->pty_fd >= 0)
+        if (e->pty_fd >= 0 && !e->pty_idle)
             count = add_poll(fds, count, e, STREAM_PTY,
                              (short)(POLLIN | (e->input_len ? POLLOUT : 0)));
         if (e->stdout_fd >= 0)
