@@ -29,7 +29,7 @@ packages=(
   qemu-system-x86 qemu-utils
   gcc libc6-dev meson ninja-build pkg-config libjansson-dev
   mmdebstrap e2fsprogs cpio
-  python3 python3-pytest
+  python3 python3-pytest valgrind
 )
 
 install_packages() {

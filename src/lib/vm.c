@@ -170,8 +170,8 @@ static void exec_qemu(char **argv, char **env, int console_w, int qmp_fd, int co
     int q = fcntl(qmp_fd, F_DUPFD, 16);
     int c = control_fd >= 0 ? fcntl(control_fd, F_DUPFD, 16) : -1;
     int w = fcntl(console_w, F_DUPFD, 16);
-    if (devnull < 0 || q < 0 || w < 0 || dup2(devnull, 0) < 0 || dup2(w, 1) < 0 ||
-        dup2(w, 2) < 0 || dup2(q, QEMU_FD_QMP) < 0)
+    if (devnull < 0 || q < 0 || w < 0 || dup2(devnull, 0) < 0 || dup2(w, 1) < 0 || dup2(w, 2) < 0 ||
+        dup2(q, QEMU_FD_QMP) < 0)
         _exit(127);
     if (c >= 0 && dup2(c, QEMU_FD_CONTROL) < 0)
         _exit(127);
@@ -244,8 +244,8 @@ static void drain_console(blink_vm_t *vm)
     for (;;) {
         ssize_t n = read(vm->console_fd, chunk, sizeof(chunk));
         if (n > 0) {
-            blink_tail_append(vm->console_tail, &vm->console_tail_len, BLINK_CAP_CONSOLE_TAIL, chunk,
-                              (size_t)n);
+            blink_tail_append(vm->console_tail, &vm->console_tail_len, BLINK_CAP_CONSOLE_TAIL,
+                              chunk, (size_t)n);
             if (blink_log_threshold >= BLINK_LOG_DEBUG)
                 log_debug("console", "%.*s", (int)n, chunk);
             continue;
@@ -419,9 +419,9 @@ int blink_vm_pump(blink_vm_t *vm, int timeout_ms, blink_error_t *err)
 
     if (vm->control_fd >= 0 && !vm->control_closed) {
         i_control = n;
-        pfds[n++] = (struct pollfd){
-            .fd = vm->control_fd,
-            .events = (short)(POLLIN | (blink_vm_send_queued(vm) ? POLLOUT : 0))};
+        pfds[n++] =
+            (struct pollfd){.fd = vm->control_fd,
+                            .events = (short)(POLLIN | (blink_vm_send_queued(vm) ? POLLOUT : 0))};
     }
     if (vm->qmp.fd >= 0) {
         i_qmp = n;
