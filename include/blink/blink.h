@@ -131,6 +131,74 @@ BLINK_API bool blink_result_truncated(const blink_result_t *result, blink_stream
  * of the agent's own execution_result line merged in. Caller frees. */
 BLINK_API char *blink_result_to_json(const blink_result_t *result);
 
+/* ---- sessions: a named VM with a persistent disk ---- */
+
+typedef struct blink_session_options {
+    size_t struct_size;     /* sizeof(blink_session_options_t) */
+    const char *image;      /* NULL for the default image */
+    bool warm;              /* keep the VM running between commands */
+    unsigned memory_mib;    /* 0: 512 */
+    unsigned cpus;          /* 0: 1 */
+} blink_session_options_t;
+
+typedef struct blink_session_info {
+    char name[33];
+    char image[65];
+    char state[16];         /* "stopped", "starting", "running" or "crashed" */
+    bool warm;
+    unsigned memory_mib;
+    unsigned cpus;
+    int64_t shim_pid;       /* 0 unless running */
+    int64_t qemu_pid;       /* 0 unless running */
+    char boot_id[64];       /* the running guest's boot id, "" otherwise */
+    char last_end[64];      /* how the VM last ended */
+    int64_t created_at;     /* ms since the epoch */
+    int64_t started_at;     /* 0 unless running */
+} blink_session_info_t;
+
+/* True if `name` is 3-32 characters of [A-Za-z0-9_-] (sessions, snapshots). */
+BLINK_API bool blink_name_valid(const char *name);
+
+/* Creates the session (a copy-on-write disk over the image; nothing is
+ * copied) or finds it. *created (may be NULL) tells which; an existing
+ * session is left as it is. A warm session's VM is started and keeps
+ * running after this returns. Serialized per session across processes. */
+BLINK_API int blink_session_open(blink_t *blink, const char *name,
+                                 const blink_session_options_t *options, bool *created,
+                                 blink_error_t *err);
+
+/* Runs an agent in the session: in its running VM when warm (runs proceed
+ * concurrently), otherwise boots the VM, runs, and shuts it down (runs on a
+ * cold session are serialized). Options as for blink_run; image, memory and
+ * cpus come from the session. */
+BLINK_API int blink_session_run(blink_t *blink, const char *name, const char *agent_path,
+                                const blink_run_options_t *options, blink_result_t **result,
+                                blink_error_t *err);
+
+/* Stops the VM: the guest syncs and powers off, or is killed after a grace
+ * period. Stopping a stopped session succeeds. */
+BLINK_API int blink_session_stop(blink_t *blink, const char *name, blink_error_t *err);
+
+/* Removes the session's VM, disk and catalog rows. Refuses with
+ * BLINK_E_BUSY while an execution runs, unless `force`. */
+BLINK_API int blink_session_remove(blink_t *blink, const char *name, bool force,
+                                   blink_error_t *err);
+
+/* One session's record, with a dead VM reported as "crashed". */
+BLINK_API int blink_session_info(blink_t *blink, const char *name, blink_session_info_t *info,
+                                 blink_error_t *err);
+
+/* All sessions, by name. Free *list with free(). */
+BLINK_API int blink_session_list(blink_t *blink, blink_session_info_t **list, size_t *count,
+                                 blink_error_t *err);
+
+/* The seed's open_session(name, image) and run_in_session(name, path), on the
+ * default context. */
+BLINK_API int blink_open_session(const char *name, const char *image, bool *created,
+                                 blink_error_t *err);
+BLINK_API int blink_run_in_session(const char *name, const char *agent_path,
+                                   blink_result_t **result, blink_error_t *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -27,6 +27,23 @@ int cli_fail(const blink_error_t *err);
 int cli_usage_error(const char *command, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+#define CLI_MAX_ENV 256
+
+typedef struct cli_run_args {
+    const char *path;
+    const char *session; /* --name, for `session run` */
+    blink_run_options_t options;
+    const char *env[CLI_MAX_ENV];
+} cli_run_args_t;
+
+int cli_parse_run(int argc, char **argv, const char *command, cli_run_args_t *args,
+                  int *status);
+bool cli_parse_number(const char *text, unsigned long long min, unsigned long long max,
+                      unsigned long long *out);
+int cli_exit_status_of(const blink_result_t *result);
+int cli_print_result(blink_result_t *result, const char *session);
+
 int cmd_run(int argc, char **argv);
+int cmd_session(int argc, char **argv);
 
 #endif

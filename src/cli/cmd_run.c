@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_ENV 256
+#define MAX_ENV CLI_MAX_ENV
 
 static const char run_help[] =
     "usage: blink-cli run PATH [options] [-- ARGS...]\n"
@@ -28,9 +28,16 @@ static const char run_help[] =
     "Exit status: the agent's exit code; 128+N if a signal N killed it; 124 on\n"
     "timeout; 125 when Blink itself failed (an error event is printed).\n";
 
+static const char session_run_help[] =
+    "usage: blink-cli session run --name NAME PATH [options] [-- ARGS...]\n"
+    "\n"
+    "Runs the agent in the session's VM (booting it when the session is not warm)\n"
+    "and prints one execution_result JSON line. Options as for `run`, except\n"
+    "--image, --memory and --cpus, which belong to `session open`.\n";
+
 /* Parses a decimal number in [min, max]; false on anything else. */
-static bool parse_number(const char *text, unsigned long long min, unsigned long long max,
-                         unsigned long long *out)
+bool cli_parse_number(const char *text, unsigned long long min, unsigned long long max,
+                      unsigned long long *out)
 {
     char *end;
     if (text == NULL || *text < '0' || *text > '9')
@@ -51,7 +58,7 @@ static void stream_output(blink_stream_t stream, const char *data, size_t len, v
     fflush(stderr);
 }
 
-static int exit_status_of(const blink_result_t *result)
+int cli_exit_status_of(const blink_result_t *result)
 {
     if (blink_result_timed_out(result))
         return CLI_EXIT_TIMEOUT;
@@ -60,10 +67,23 @@ static int exit_status_of(const blink_result_t *result)
     return blink_result_exit_code(result) & 0xff;
 }
 
-int cmd_run(int argc, char **argv)
+/* Parses `run` and `session run` arguments. `session` is NULL for `run`;
+ * otherwise --name is required and stored there. Returns 1 when the command
+ * is done (help printed or a usage error, *status set), 0 to go on. */
+int cli_parse_run(int argc, char **argv, const char *command, cli_run_args_t *a, int *status)
 {
-    enum { OPT_TIMEOUT = 256, OPT_MEMORY, OPT_CPUS, OPT_ENV, OPT_IMAGE, OPT_STREAM,
-           OPT_OUTPUT_CAP, OPT_BOOT_TIMEOUT, OPT_HELP };
+    enum {
+        OPT_TIMEOUT = 256,
+        OPT_MEMORY,
+        OPT_CPUS,
+        OPT_ENV,
+        OPT_IMAGE,
+        OPT_STREAM,
+        OPT_OUTPUT_CAP,
+        OPT_BOOT_TIMEOUT,
+        OPT_NAME,
+        OPT_HELP
+    };
     static const struct option long_options[] = {
         {"timeout", required_argument, NULL, OPT_TIMEOUT},
         {"memory", required_argument, NULL, OPT_MEMORY},
@@ -73,13 +93,15 @@ int cmd_run(int argc, char **argv)
         {"stream", no_argument, NULL, OPT_STREAM},
         {"output-cap", required_argument, NULL, OPT_OUTPUT_CAP},
         {"boot-timeout", required_argument, NULL, OPT_BOOT_TIMEOUT},
+        {"name", required_argument, NULL, OPT_NAME},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
     };
     blink_run_options_t options = {.struct_size = sizeof(options)};
-    const char *env[MAX_ENV];
+    const char **env = a->env;
     size_t env_count = 0;
     unsigned long long n;
+    bool session = strcmp(command, "run") != 0;
     int opt;
 
     opterr = 0;
@@ -87,25 +109,35 @@ int cmd_run(int argc, char **argv)
     while ((opt = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
         switch (opt) {
         case OPT_TIMEOUT:
-            if (!parse_number(optarg, 1, 7 * 86400, &n))
-                return cli_usage_error("run", "--timeout `%s`: use 1-604800 seconds", optarg);
+            if (!cli_parse_number(optarg, 1, 7 * 86400, &n)) {
+                *status = cli_usage_error(command, "--timeout `%s`: use 1-604800 seconds", optarg);
+                return 1;
+            }
             options.timeout_sec = (unsigned)n;
             break;
         case OPT_MEMORY:
-            if (!parse_number(optarg, 128, 65536, &n))
-                return cli_usage_error("run", "--memory `%s`: use 128-65536 MiB", optarg);
+            if (!cli_parse_number(optarg, 128, 65536, &n)) {
+                *status = cli_usage_error(command, "--memory `%s`: use 128-65536 MiB", optarg);
+                return 1;
+            }
             options.memory_mib = (unsigned)n;
             break;
         case OPT_CPUS:
-            if (!parse_number(optarg, 1, 64, &n))
-                return cli_usage_error("run", "--cpus `%s`: use 1-64", optarg);
+            if (!cli_parse_number(optarg, 1, 64, &n)) {
+                *status = cli_usage_error(command, "--cpus `%s`: use 1-64", optarg);
+                return 1;
+            }
             options.cpus = (unsigned)n;
             break;
         case OPT_ENV:
-            if (strchr(optarg, '=') == NULL || optarg[0] == '=')
-                return cli_usage_error("run", "--env `%s`: use KEY=VALUE", optarg);
-            if (env_count == MAX_ENV)
-                return cli_usage_error("run", "more than %d --env options", MAX_ENV);
+            if (strchr(optarg, '=') == NULL || optarg[0] == '=') {
+                *status = cli_usage_error(command, "--env `%s`: use KEY=VALUE", optarg);
+                return 1;
+            }
+            if (env_count == MAX_ENV) {
+                *status = cli_usage_error(command, "more than %d --env options", MAX_ENV);
+                return 1;
+            }
             env[env_count++] = optarg;
             break;
         case OPT_IMAGE:
@@ -115,31 +147,78 @@ int cmd_run(int argc, char **argv)
             options.on_output = stream_output;
             break;
         case OPT_OUTPUT_CAP:
-            if (!parse_number(optarg, 1, 1ull << 32, &n))
-                return cli_usage_error("run", "--output-cap `%s`: use 1-4294967296", optarg);
+            if (!cli_parse_number(optarg, 1, 1ull << 32, &n)) {
+                *status = cli_usage_error(command, "--output-cap `%s`: use 1-4294967296", optarg);
+                return 1;
+            }
             options.output_cap = (size_t)n;
             break;
         case OPT_BOOT_TIMEOUT:
-            if (!parse_number(optarg, 1, 3600, &n))
-                return cli_usage_error("run", "--boot-timeout `%s`: use 1-3600", optarg);
+            if (!cli_parse_number(optarg, 1, 3600, &n)) {
+                *status = cli_usage_error(command, "--boot-timeout `%s`: use 1-3600", optarg);
+                return 1;
+            }
             options.boot_timeout_sec = (unsigned)n;
             break;
+        case OPT_NAME:
+            a->session = optarg;
+            break;
         case OPT_HELP:
-            fputs(run_help, stdout);
-            return 0;
+            fputs(session ? session_run_help : run_help, stdout);
+            *status = 0;
+            return 1;
         default:
-            return cli_usage_error("run", "unknown or incomplete option `%s`",
-                                   argv[optind - 1]);
+            *status =
+                cli_usage_error(command, "unknown or incomplete option `%s`", argv[optind - 1]);
+            return 1;
         }
     }
-    if (optind >= argc)
-        return cli_usage_error("run", "missing the agent PATH");
+    if (optind >= argc) {
+        *status = cli_usage_error(command, "missing the agent PATH");
+        return 1;
+    }
 
-    const char *path = argv[optind];
+    if (session && a->session == NULL) {
+        *status = cli_usage_error(command, "missing --name");
+        return 1;
+    }
+    if (!session && a->session) {
+        *status = cli_usage_error(command, "--name belongs to `session run`");
+        return 1;
+    }
+    a->path = argv[optind];
     options.args = (const char *const *)argv + optind + 1;
     options.arg_count = (size_t)(argc - optind - 1);
     options.env = env;
     options.env_count = env_count;
+    a->options = options;
+    return 0;
+}
+
+/* Prints a result as the execution_result event; returns the exit status. */
+int cli_print_result(blink_result_t *result, const char *session)
+{
+    char *json = blink_result_to_json(result);
+    int status = cli_exit_status_of(result);
+    blink_result_free(result);
+    json_t *event = json ? json_loads(json, 0, NULL) : NULL;
+    free(json);
+    if (event == NULL) {
+        blink_error_t oom = {.code = BLINK_E_NO_MEMORY, .message = "encode result"};
+        return cli_fail(&oom);
+    }
+    if (session)
+        json_object_set_new(event, "session", json_string(session));
+    cli_print_event(event);
+    return status;
+}
+
+int cmd_run(int argc, char **argv)
+{
+    cli_run_args_t args = {0};
+    int status;
+    if (cli_parse_run(argc, argv, "run", &args, &status))
+        return status;
 
     blink_error_t err = {0};
     blink_t *blink = blink_open(NULL, &err);
@@ -147,19 +226,9 @@ int cmd_run(int argc, char **argv)
         return cli_fail(&err);
 
     blink_result_t *result = NULL;
-    int rc = blink_run(blink, path, &options, &result, &err);
+    int rc = blink_run(blink, args.path, &args.options, &result, &err);
     blink_close(blink);
     if (rc < 0)
         return cli_fail(&err);
-
-    char *json = blink_result_to_json(result);
-    int status = exit_status_of(result);
-    blink_result_free(result);
-    if (json == NULL) {
-        blink_error_t oom = {.code = BLINK_E_NO_MEMORY, .message = "encode result"};
-        return cli_fail(&oom);
-    }
-    puts(json);
-    free(json);
-    return status;
+    return cli_print_result(result, NULL);
 }

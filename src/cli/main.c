@@ -15,6 +15,8 @@ typedef struct command {
 
 static const command_t commands[] = {
     {"run", cmd_run, "run PATH [options] [-- ARGS...]   run an agent in a fresh VM"},
+    {"session", cmd_session,
+     "session SUBCOMMAND ...          named sandboxes (see session --help)"},
 };
 
 static void usage(FILE *out)
@@ -41,12 +43,18 @@ static const struct {
     blink_status_t code;
     const char *name;
 } code_names[] = {
-    {BLINK_E_INVALID, "invalid"},        {BLINK_E_NOT_FOUND, "not_found"},
-    {BLINK_E_EXISTS, "exists"},          {BLINK_E_BUSY, "busy"},
-    {BLINK_E_IO, "io"},                  {BLINK_E_NO_MEMORY, "no_memory"},
-    {BLINK_E_PROTOCOL, "protocol"},      {BLINK_E_VM, "vm"},
-    {BLINK_E_TIMEOUT, "timeout"},        {BLINK_E_MISSING_DEP, "missing_dependency"},
-    {BLINK_E_PERMISSION, "permission"},  {BLINK_E_NOT_SETUP, "not_setup"},
+    {BLINK_E_INVALID, "invalid"},
+    {BLINK_E_NOT_FOUND, "not_found"},
+    {BLINK_E_EXISTS, "exists"},
+    {BLINK_E_BUSY, "busy"},
+    {BLINK_E_IO, "io"},
+    {BLINK_E_NO_MEMORY, "no_memory"},
+    {BLINK_E_PROTOCOL, "protocol"},
+    {BLINK_E_VM, "vm"},
+    {BLINK_E_TIMEOUT, "timeout"},
+    {BLINK_E_MISSING_DEP, "missing_dependency"},
+    {BLINK_E_PERMISSION, "permission"},
+    {BLINK_E_NOT_SETUP, "not_setup"},
     {BLINK_E_INTERNAL, "internal"},
 };
 
@@ -73,8 +81,7 @@ int cli_usage_error(const char *command, const char *fmt, ...)
     va_end(ap);
 
     fprintf(stderr, "blink-cli %s: %s (see blink-cli %s --help)\n", command, text, command);
-    cli_print_event(
-        json_pack("{s:s, s:s, s:s}", "event", "error", "error", text, "code", "usage"));
+    cli_print_event(json_pack("{s:s, s:s, s:s}", "event", "error", "error", text, "code", "usage"));
     return CLI_EXIT_USAGE;
 }
 

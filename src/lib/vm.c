@@ -412,51 +412,60 @@ static void reap(blink_vm_t *vm)
     }
 }
 
+int blink_vm_fill_pollfds(blink_vm_t *vm, struct pollfd *pfds)
+{
+    int n = 0;
+
+    if (vm->control_fd >= 0 && !vm->control_closed)
+        pfds[n++] = (struct pollfd){
+            .fd = vm->control_fd,
+            .events = (short)(POLLIN | (blink_vm_send_queued(vm) ? POLLOUT : 0))};
+    if (vm->qmp.fd >= 0)
+        pfds[n++] = (struct pollfd){.fd = vm->qmp.fd, .events = POLLIN};
+    if (vm->console_fd >= 0)
+        pfds[n++] = (struct pollfd){.fd = vm->console_fd, .events = POLLIN};
+    if (vm->pidfd >= 0 && !vm->exited)
+        pfds[n++] = (struct pollfd){.fd = vm->pidfd, .events = POLLIN};
+    return n;
+}
+
+int blink_vm_dispatch(blink_vm_t *vm, const struct pollfd *pfds, int count, blink_error_t *err)
+{
+    for (int i = 0; i < count; i++) {
+        short revents = pfds[i].revents;
+        int fd = pfds[i].fd;
+        if (revents == 0)
+            continue;
+
+        if (fd == vm->console_fd) {
+            drain_console(vm);
+        } else if (fd == vm->qmp.fd) {
+            blink_error_t ignored;
+            if (blink_qmp_pump(&vm->qmp, &ignored) < 0)
+                blink_qmp_close(&vm->qmp);
+        } else if (fd == vm->control_fd) {
+            if ((revents & POLLOUT) && flush_send_queue(vm, err) < 0)
+                return -1;
+            if ((revents & (POLLIN | POLLHUP | POLLERR)) && read_control(vm, err) < 0)
+                return -1;
+        } else if (fd == vm->pidfd) {
+            reap(vm);
+        }
+    }
+    return 0;
+}
+
 int blink_vm_pump(blink_vm_t *vm, int timeout_ms, blink_error_t *err)
 {
-    struct pollfd pfds[4];
-    int n = 0, i_control = -1, i_qmp = -1, i_console = -1, i_pid = -1;
-
-    if (vm->control_fd >= 0 && !vm->control_closed) {
-        i_control = n;
-        pfds[n++] =
-            (struct pollfd){.fd = vm->control_fd,
-                            .events = (short)(POLLIN | (blink_vm_send_queued(vm) ? POLLOUT : 0))};
-    }
-    if (vm->qmp.fd >= 0) {
-        i_qmp = n;
-        pfds[n++] = (struct pollfd){.fd = vm->qmp.fd, .events = POLLIN};
-    }
-    if (vm->console_fd >= 0) {
-        i_console = n;
-        pfds[n++] = (struct pollfd){.fd = vm->console_fd, .events = POLLIN};
-    }
-    if (vm->pidfd >= 0 && !vm->exited) {
-        i_pid = n;
-        pfds[n++] = (struct pollfd){.fd = vm->pidfd, .events = POLLIN};
-    }
+    struct pollfd pfds[BLINK_VM_POLLFDS];
+    int n = blink_vm_fill_pollfds(vm, pfds);
 
     int rc = poll(pfds, (nfds_t)n, timeout_ms);
     if (rc < 0 && errno != EINTR)
         return blink_fail(err, BLINK_E_IO, errno, "poll vm");
     if (rc <= 0)
         return 0;
-
-    if (i_console >= 0 && pfds[i_console].revents)
-        drain_console(vm);
-    if (i_qmp >= 0 && pfds[i_qmp].revents) {
-        blink_error_t ignored;
-        if (blink_qmp_pump(&vm->qmp, &ignored) < 0)
-            blink_qmp_close(&vm->qmp);
-    }
-    if (i_control >= 0 && (pfds[i_control].revents & POLLOUT) && flush_send_queue(vm, err) < 0)
-        return -1;
-    if (i_control >= 0 && (pfds[i_control].revents & (POLLIN | POLLHUP | POLLERR)) &&
-        read_control(vm, err) < 0)
-        return -1;
-    if (i_pid >= 0 && pfds[i_pid].revents)
-        reap(vm);
-    return 0;
+    return blink_vm_dispatch(vm, pfds, n, err);
 }
 
 int blink_vm_wait_exit(blink_vm_t *vm, uint64_t deadline_ms)

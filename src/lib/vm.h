@@ -66,6 +66,14 @@ size_t blink_vm_send_queued(const blink_vm_t *vm);
  * exit to vm->exited. Returns 0, or -1 on a protocol error or callback error. */
 int blink_vm_pump(blink_vm_t *vm, int timeout_ms, blink_error_t *err);
 
+/* For callers with their own poll loop (the shim): fills at most
+ * BLINK_VM_POLLFDS entries and returns how many; after poll, hand the same
+ * entries to blink_vm_dispatch. */
+#define BLINK_VM_POLLFDS 4
+struct pollfd;
+int blink_vm_fill_pollfds(blink_vm_t *vm, struct pollfd *pfds);
+int blink_vm_dispatch(blink_vm_t *vm, const struct pollfd *pfds, int count, blink_error_t *err);
+
 /* Ends QEMU now (QMP quit, then SIGKILL) and reaps it. Safe to call twice. */
 void blink_vm_kill(blink_vm_t *vm);
 

@@ -71,7 +71,8 @@ static const struct {
     {BLIN_CTL_FILE_DONE, "file_done"}, {BLIN_CTL_EXEC, "exec"},
     {BLIN_CTL_STARTED, "started"},     {BLIN_CTL_STDIN, "stdin"},
     {BLIN_CTL_SIGNAL, "signal"},       {BLIN_CTL_EXIT, "exit"},
-    {BLIN_CTL_SHUTDOWN, "shutdown"},
+    {BLIN_CTL_SHUTDOWN, "shutdown"},   {BLIN_SHIM_EXEC_OPTIONS, "exec_options"},
+    {BLIN_SHIM_INFO, "info"},          {BLIN_SHIM_STOP, "stop"},
 };
 
 const char *blin_type_name(uint8_t type)

@@ -45,6 +45,19 @@ enum {
     BLIN_CTL_SHUTDOWN = 0x4f,   /* host -> guest: sync and power off */
 };
 
+/* Between a client (CLI, server, SDK) and the shim of a running VM. Clients
+ * also send the control types above; the shim relays them to the guest under
+ * its own request ids and routes the answers back. */
+enum {
+    BLIN_SHIM_EXEC_OPTIONS = 0x50, /* client -> shim: u32 timeout_sec, before Exec */
+    BLIN_SHIM_INFO = 0x51,         /* both: empty request; reply is a JSON string */
+    BLIN_SHIM_STOP = 0x52,         /* client -> shim: stop the VM cleanly */
+};
+
+/* Flags of an Exit frame (third u32 of its payload). */
+#define BLIN_EXIT_OOM 0x1u
+#define BLIN_EXIT_TIMED_OUT 0x2u /* set by the shim when it ended the process */
+
 typedef struct blin_header {
     uint8_t type;
     uint16_t flags;

@@ -1,0 +1,249 @@
+/* blink-cli session ...: named sandboxes with a persistent disk. */
+#include "cli.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static json_t *info_json(const blink_session_info_t *i)
+{
+    return json_pack("{s:s, s:s, s:s, s:b, s:i, s:i, s:I, s:I, s:s, s:s, s:I, s:I}", "name",
+                     i->name, "image", i->image, "state", i->state, "warm", i->warm, "memory_mib",
+                     (int)i->memory_mib, "cpus", (int)i->cpus, "shim_pid", (json_int_t)i->shim_pid,
+                     "qemu_pid", (json_int_t)i->qemu_pid, "boot_id", i->boot_id, "last_end",
+                     i->last_end, "created_at", (json_int_t)i->created_at, "started_at",
+                     (json_int_t)i->started_at);
+}
+
+/* Options shared by the simple subcommands: --name, --force, open's settings. */
+typedef struct session_args {
+    const char *name;
+    bool force;
+    blink_session_options_t open;
+} session_args_t;
+
+static int parse_session_args(int argc, char **argv, const char *command, bool open_options,
+                              bool force_option, session_args_t *a, int *status)
+{
+    enum { OPT_NAME = 256, OPT_IMAGE, OPT_WARM, OPT_MEMORY, OPT_CPUS, OPT_FORCE };
+    static const struct option all[] = {
+        {"name", required_argument, NULL, OPT_NAME},
+        {"image", required_argument, NULL, OPT_IMAGE},
+        {"warm", no_argument, NULL, OPT_WARM},
+        {"memory", required_argument, NULL, OPT_MEMORY},
+        {"cpus", required_argument, NULL, OPT_CPUS},
+        {"force", no_argument, NULL, OPT_FORCE},
+        {NULL, 0, NULL, 0},
+    };
+    unsigned long long n;
+    int opt;
+
+    a->open.struct_size = sizeof(a->open);
+    opterr = 0;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "", all, NULL)) != -1) {
+        bool is_open = opt == OPT_IMAGE || opt == OPT_WARM || opt == OPT_MEMORY || opt == OPT_CPUS;
+        if ((is_open && !open_options) || (opt == OPT_FORCE && !force_option) || opt == '?') {
+            *status =
+                cli_usage_error(command, "unknown or misplaced option `%s`", argv[optind - 1]);
+            return 1;
+        }
+        switch (opt) {
+        case OPT_NAME:
+            a->name = optarg;
+            break;
+        case OPT_IMAGE:
+            a->open.image = optarg;
+            break;
+        case OPT_WARM:
+            a->open.warm = true;
+            break;
+        case OPT_MEMORY:
+            if (!cli_parse_number(optarg, 128, 65536, &n)) {
+                *status = cli_usage_error(command, "--memory `%s`: use 128-65536 MiB", optarg);
+                return 1;
+            }
+            a->open.memory_mib = (unsigned)n;
+            break;
+        case OPT_CPUS:
+            if (!cli_parse_number(optarg, 1, 64, &n)) {
+                *status = cli_usage_error(command, "--cpus `%s`: use 1-64", optarg);
+                return 1;
+            }
+            a->open.cpus = (unsigned)n;
+            break;
+        case OPT_FORCE:
+            a->force = true;
+            break;
+        default:
+            *status = cli_usage_error(command, "unknown option `%s`", argv[optind - 1]);
+            return 1;
+        }
+    }
+    if (optind < argc) {
+        *status = cli_usage_error(command, "unexpected argument `%s`", argv[optind]);
+        return 1;
+    }
+    if (a->name == NULL) {
+        *status = cli_usage_error(command, "missing --name");
+        return 1;
+    }
+    return 0;
+}
+
+static int with_blink(blink_t **blink, blink_error_t *err)
+{
+    *blink = blink_open(NULL, err);
+    return *blink ? 0 : -1;
+}
+
+static int session_open(int argc, char **argv)
+{
+    session_args_t a = {0};
+    int status;
+    if (parse_session_args(argc, argv, "session open", true, false, &a, &status))
+        return status;
+
+    blink_error_t err = {0};
+    blink_t *blink;
+    bool created = false;
+    blink_session_info_t info;
+    if (with_blink(&blink, &err) < 0 ||
+        blink_session_open(blink, a.name, &a.open, &created, &err) < 0 ||
+        blink_session_info(blink, a.name, &info, &err) < 0) {
+        blink_close(blink);
+        return cli_fail(&err);
+    }
+    blink_close(blink);
+
+    json_t *event = info_json(&info);
+    json_object_set_new(event, "event", json_string("session_opened"));
+    json_object_set_new(event, "created", json_boolean(created));
+    cli_print_event(event);
+    return 0;
+}
+
+static int session_run(int argc, char **argv)
+{
+    cli_run_args_t args = {0};
+    int status;
+    if (cli_parse_run(argc, argv, "session run", &args, &status))
+        return status;
+
+    blink_error_t err = {0};
+    blink_t *blink;
+    blink_result_t *result = NULL;
+    if (with_blink(&blink, &err) < 0 ||
+        blink_session_run(blink, args.session, args.path, &args.options, &result, &err) < 0) {
+        blink_close(blink);
+        return cli_fail(&err);
+    }
+    blink_close(blink);
+    return cli_print_result(result, args.session);
+}
+
+static int session_stop_or_remove(int argc, char **argv, bool remove)
+{
+    session_args_t a = {0};
+    int status;
+    const char *command = remove ? "session remove" : "session stop";
+    if (parse_session_args(argc, argv, command, false, remove, &a, &status))
+        return status;
+
+    blink_error_t err = {0};
+    blink_t *blink;
+    int rc = with_blink(&blink, &err);
+    if (rc == 0)
+        rc = remove ? blink_session_remove(blink, a.name, a.force, &err)
+                    : blink_session_stop(blink, a.name, &err);
+    blink_close(blink);
+    if (rc < 0)
+        return cli_fail(&err);
+    cli_print_event(json_pack("{s:s, s:s}", "event", remove ? "session_removed" : "session_stopped",
+                              "name", a.name));
+    return 0;
+}
+
+static int session_stop(int argc, char **argv)
+{
+    return session_stop_or_remove(argc, argv, false);
+}
+
+static int session_remove(int argc, char **argv)
+{
+    return session_stop_or_remove(argc, argv, true);
+}
+
+static int session_info(int argc, char **argv)
+{
+    session_args_t a = {0};
+    int status;
+    if (parse_session_args(argc, argv, "session info", false, false, &a, &status))
+        return status;
+
+    blink_error_t err = {0};
+    blink_t *blink;
+    blink_session_info_t info;
+    if (with_blink(&blink, &err) < 0 || blink_session_info(blink, a.name, &info, &err) < 0) {
+        blink_close(blink);
+        return cli_fail(&err);
+    }
+    blink_close(blink);
+    cli_print_event(json_pack("{s:s, s:o}", "event", "session_info", "session", info_json(&info)));
+    return 0;
+}
+
+static int session_ls(int argc, char **argv)
+{
+    if (argc > 1)
+        return cli_usage_error("session ls", "unexpected argument `%s`", argv[1]);
+
+    blink_error_t err = {0};
+    blink_t *blink;
+    blink_session_info_t *list = NULL;
+    size_t count = 0;
+    if (with_blink(&blink, &err) < 0 || blink_session_list(blink, &list, &count, &err) < 0) {
+        blink_close(blink);
+        return cli_fail(&err);
+    }
+    blink_close(blink);
+
+    json_t *sessions = json_array();
+    for (size_t i = 0; i < count; i++)
+        json_array_append_new(sessions, info_json(&list[i]));
+    free(list);
+    cli_print_event(json_pack("{s:s, s:o}", "event", "session_list", "sessions", sessions));
+    return 0;
+}
+
+static const struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *usage;
+} subcommands[] = {
+    {"open", session_open, "open --name N [--image I] [--warm] [--memory MIB] [--cpus N]"},
+    {"run", session_run, "run --name N PATH [options] [-- ARGS...]"},
+    {"stop", session_stop, "stop --name N"},
+    {"remove", session_remove, "remove --name N [--force]"},
+    {"info", session_info, "info --name N"},
+    {"ls", session_ls, "ls"},
+};
+
+int cmd_session(int argc, char **argv)
+{
+    const size_t count = sizeof(subcommands) / sizeof(subcommands[0]);
+    if (argc < 2 || strcmp(argv[1], "--help") == 0) {
+        FILE *out = argc < 2 ? stderr : stdout;
+        fprintf(out, "usage: blink-cli session SUBCOMMAND\n\n");
+        for (size_t i = 0; i < count; i++)
+            fprintf(out, "  session %s\n", subcommands[i].usage);
+        if (argc < 2)
+            return cli_usage_error("session", "missing a subcommand");
+        return 0;
+    }
+    for (size_t i = 0; i < count; i++)
+        if (strcmp(argv[1], subcommands[i].name) == 0)
+            return subcommands[i].run(argc - 1, argv + 1);
+    return cli_usage_error("session", "unknown subcommand `%s`", argv[1]);
+}

@@ -1,0 +1,74 @@
+/* The catalog: Blink's SQLite database at BLINK_HOME/blink.db (WAL mode).
+ * It records sessions and executions so that any process (CLI, server, SDK)
+ * can tell what exists and what runs. Every function is safe to call from
+ * several processes at once (SQLite locking with a busy timeout); a handle is
+ * used by one thread at a time. The schema is versioned (PRAGMA user_version)
+ * and migrated forward on open. */
+#ifndef BLINK_CATALOG_H
+#define BLINK_CATALOG_H
+
+#include "internal.h"
+
+typedef struct blink_catalog blink_catalog_t;
+
+/* Session states as stored. "running" means a shim owns a VM for it. */
+#define BLINK_STATE_STOPPED  "stopped"
+#define BLINK_STATE_STARTING "starting"
+#define BLINK_STATE_RUNNING  "running"
+#define BLINK_STATE_CRASHED  "crashed"
+
+typedef struct blink_session_row {
+    char name[33];
+    char image[65];
+    char state[16];
+    bool warm;
+    unsigned memory_mib;
+    unsigned cpus;
+    unsigned disk_size_gib;
+    int64_t shim_pid;   /* 0 when no shim */
+    int64_t qemu_pid;   /* 0 when no VM */
+    char last_end[64];  /* how the VM last ended: "", "clean stop", "crash: …", "oom" */
+    char boot_id[64];   /* guest boot id of the running VM, "" when none */
+    int64_t created_at; /* ms since the epoch */
+    int64_t updated_at;
+    int64_t started_at; /* when the running VM started; 0 when none */
+} blink_session_row_t;
+
+/* Opens (creating if needed) the database at `path` and migrates it. */
+int blink_catalog_open(const char *path, blink_catalog_t **out, blink_error_t *err);
+void blink_catalog_close(blink_catalog_t *catalog);
+
+/* Inserts a new session; BLINK_E_EXISTS if the name is taken. */
+int blink_catalog_session_insert(blink_catalog_t *catalog, const blink_session_row_t *row,
+                                 blink_error_t *err);
+
+/* Reads one session; BLINK_E_NOT_FOUND if there is none of that name. */
+int blink_catalog_session_get(blink_catalog_t *catalog, const char *name, blink_session_row_t *row,
+                              blink_error_t *err);
+
+/* Writes the run-time fields of a session (state, pids, last_end, boot_id,
+ * started_at) and bumps updated_at. BLINK_E_NOT_FOUND if it does not exist. */
+int blink_catalog_session_set_state(blink_catalog_t *catalog, const blink_session_row_t *row,
+                                    blink_error_t *err);
+
+/* Deletes a session and its executions; BLINK_E_NOT_FOUND if absent. */
+int blink_catalog_session_delete(blink_catalog_t *catalog, const char *name, blink_error_t *err);
+
+/* All sessions ordered by name; *rows is malloc'ed (free it), *count set. */
+int blink_catalog_session_list(blink_catalog_t *catalog, blink_session_row_t **rows, size_t *count,
+                               blink_error_t *err);
+
+/* Records the start of an execution in a session; returns its row id (> 0)
+ * or -1. `command` is a short description (the agent path or argv[0]). */
+int64_t blink_catalog_execution_start(blink_catalog_t *catalog, const char *session,
+                                      const char *command, blink_error_t *err);
+
+/* Records an execution's end. */
+int blink_catalog_execution_finish(blink_catalog_t *catalog, int64_t id, int exit_code, int signal,
+                                   bool timed_out, blink_error_t *err);
+
+/* Number of executions of `session` that started and have not finished. */
+int blink_catalog_execution_active(blink_catalog_t *catalog, const char *session, int64_t *count,
+                                   blink_error_t *err);
+
+#endif

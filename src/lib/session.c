@@ -1,0 +1,708 @@
+/* Sessions: a named VM with a persistent qcow2 disk over its image.
+ *
+ * Files: BLINK_HOME/sessions/NAME/{disk.qcow2, shim.sock, shim.log}, and the
+ * lock BLINK_HOME/locks/NAME.lock. The catalog row is the commit point: a
+ * session exists when its row does. A folder without a row is debris of an
+ * interrupted open or remove and is cleared by the next open of that name.
+ *
+ * Lifecycle changes (open, start, stop, remove) hold the session's lock, so
+ * two processes never start two VMs on one disk. Runs on a warm session go
+ * through its shim concurrently; runs on a cold session hold the lock for the
+ * whole boot-run-shutdown, so they are serialized. */
+#include "agent.h"
+#include "catalog.h"
+#include "context.h"
+#include "result.h"
+#include "shim_client.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#define LOCK_WAIT_MS  120000
+#define STOP_GRACE_MS 15000
+#define EXEC_ID       1
+
+typedef struct session_ctx {
+    blink_t *blink;
+    const char *name;
+    blink_catalog_t *catalog;
+    char *dir;
+    char *disk;
+    char *socket;
+    int lock_fd;
+} session_ctx_t;
+
+bool blink_name_valid(const char *name)
+{
+    size_t len = name ? strlen(name) : 0;
+    return len >= 3 && len <= 32 &&
+           strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-") == len;
+}
+
+static void ctx_close(session_ctx_t *s)
+{
+    if (s->lock_fd >= 0)
+        close(s->lock_fd); /* releases the flock */
+    s->lock_fd = -1;
+    blink_catalog_close(s->catalog);
+    s->catalog = NULL;
+    free(s->dir);
+    free(s->disk);
+    free(s->socket);
+}
+
+static int ctx_open(blink_t *blink, const char *name, session_ctx_t *s, blink_error_t *err)
+{
+    memset(s, 0, sizeof(*s));
+    s->lock_fd = -1;
+    s->blink = blink;
+    s->name = name;
+    if (!blink_name_valid(name))
+        return blink_fail(err, BLINK_E_INVALID, 0,
+                          "session name `%.40s`: use 3-32 of [A-Za-z0-9_-]", name ? name : "");
+
+    cleanup_free char *db = blink_strdup_printf("%s/blink.db", blink->home);
+    s->dir = blink_strdup_printf("%s/sessions/%s", blink->home, name);
+    s->disk = blink_strdup_printf("%s/sessions/%s/disk.qcow2", blink->home, name);
+    s->socket = blink_strdup_printf("%s/sessions/%s/shim.sock", blink->home, name);
+    if (db == NULL || s->dir == NULL || s->disk == NULL || s->socket == NULL) {
+        ctx_close(s);
+        return blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "open session");
+    }
+    if (blink_catalog_open(db, &s->catalog, err) < 0) {
+        ctx_close(s);
+        return -1;
+    }
+    return 0;
+}
+
+/* Takes the session's lock, waiting while another process holds it. */
+static int ctx_lock(session_ctx_t *s, blink_error_t *err)
+{
+    cleanup_free char *dir = blink_strdup_printf("%s/locks", s->blink->home);
+    cleanup_free char *path = blink_strdup_printf("%s/locks/%s.lock", s->blink->home, s->name);
+    if (dir == NULL || path == NULL || blink_mkdir_p(dir, 0700, err) < 0)
+        return blink_fail(err, BLINK_E_IO, errno, "lock session `%s`", s->name);
+
+    s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (s->lock_fd < 0)
+        return blink_fail(err, BLINK_E_IO, errno, "lock session `%s`", s->name);
+    uint64_t deadline = blink_now_ms() + LOCK_WAIT_MS;
+    while (flock(s->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno != EWOULDBLOCK && errno != EINTR)
+            return blink_fail(err, BLINK_E_IO, errno, "lock session `%s`", s->name);
+        if (blink_now_ms() >= deadline)
+            return blink_fail(err, BLINK_E_BUSY, 0, "session `%s` is busy", s->name);
+        usleep(50 * 1000);
+    }
+    return 0;
+}
+
+static bool pid_alive(int64_t pid)
+{
+    return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM);
+}
+
+/* The truth about a session: a row that says running while its shim is gone
+ * was a crash (the shim, or QEMU with it, was killed). */
+static void reconcile(session_ctx_t *s, blink_session_row_t *row)
+{
+    bool live_state = strcmp(row->state, BLINK_STATE_RUNNING) == 0 ||
+                      strcmp(row->state, BLINK_STATE_STARTING) == 0;
+    if (!live_state || pid_alive(row->shim_pid))
+        return;
+
+    snprintf(row->state, sizeof(row->state), "%s", BLINK_STATE_CRASHED);
+    snprintf(row->last_end, sizeof(row->last_end), "crash: the vm's shim (pid %lld) died",
+             (long long)row->shim_pid);
+    row->shim_pid = row->qemu_pid = row->started_at = 0;
+    row->boot_id[0] = '\0';
+    blink_error_t ignored;
+    blink_catalog_session_set_state(s->catalog, row, &ignored);
+    unlink(s->socket);
+}
+
+static char *shim_path(void)
+{
+    const char *env = getenv("BLINK_SHIM");
+    if (env && *env)
+        return strdup(env);
+
+    /* Beside the running program (an install), or in the build tree's
+     * src/shim next to src/cli. */
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0';
+            char *candidates[] = {blink_strdup_printf("%s/blink-shim", exe),
+                                  blink_strdup_printf("%s/../shim/blink-shim", exe)};
+            for (int i = 0; i < 2; i++) {
+                if (candidates[i] && access(candidates[i], X_OK) == 0) {
+                    free(candidates[1 - i]);
+                    return candidates[i];
+                }
+            }
+            free(candidates[0]);
+            free(candidates[1]);
+        }
+    }
+    return strdup(BLINK_LIBEXECDIR "/blink/blink-shim");
+}
+
+/* Starts the shim detached from us (double fork, new session) and waits for
+ * its ready line. Called with the lock held. */
+static int start_shim(session_ctx_t *s, const blink_session_row_t *row, blink_error_t *err)
+{
+    cleanup_free char *shim = shim_path();
+    cleanup_free char *log = blink_strdup_printf("%s/shim.log", s->dir);
+    char memory[16], cpus[16], ready_arg[16];
+    int ready[2];
+
+    if (shim == NULL || log == NULL)
+        return blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "start session vm");
+    if (access(shim, X_OK) < 0)
+        return blink_fail(err, BLINK_E_MISSING_DEP, errno, "find blink-shim at `%s`", shim);
+    if (pipe2(ready, O_CLOEXEC) < 0)
+        return blink_fail(err, BLINK_E_IO, errno, "start session vm");
+    snprintf(memory, sizeof(memory), "%u", row->memory_mib);
+    snprintf(cpus, sizeof(cpus), "%u", row->cpus);
+    snprintf(ready_arg, sizeof(ready_arg), "%d", 3);
+    char *argv[] = {shim,   "--home", s->blink->home, "--name",     (char *)s->name, "--memory",
+                    memory, "--cpus", cpus,           "--ready-fd", ready_arg,       NULL};
+
+    pid_t child = fork();
+    if (child < 0) {
+        int e = errno;
+        close(ready[0]);
+        close(ready[1]);
+        return blink_fail(err, BLINK_E_IO, e, "start session vm");
+    }
+    if (child == 0) {
+        setsid();
+        if (fork() != 0)
+            _exit(0);
+        int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+        int out = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        if (devnull < 0 || out < 0 || dup2(devnull, 0) < 0 || dup2(out, 1) < 0 ||
+            dup2(out, 2) < 0 || dup2(ready[1], 3) < 0)
+            _exit(127);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(ready[1]);
+    waitpid(child, NULL, 0);
+
+    char line[1400] = "";
+    size_t len = 0;
+    for (;;) {
+        ssize_t n = read(ready[0], line + len, sizeof(line) - 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        if (len == sizeof(line) - 1)
+            break;
+    }
+    close(ready[0]);
+    line[len] = '\0';
+    line[strcspn(line, "\n")] = '\0';
+
+    if (strncmp(line, "ok ", 3) == 0)
+        return 0;
+    if (strncmp(line, "error ", 6) == 0)
+        return blink_fail(err, BLINK_E_VM, 0, "start session `%s`: %s", s->name, line + 6);
+    return blink_fail(err, BLINK_E_VM, 0, "start session `%s`: the shim died (see `%s`)", s->name,
+                      log);
+}
+
+/* Makes sure the session's VM runs, booting it if needed. Lock held. */
+static int ensure_running(session_ctx_t *s, blink_session_row_t *row, blink_error_t *err)
+{
+    reconcile(s, row);
+    if (strcmp(row->state, BLINK_STATE_RUNNING) == 0) {
+        blink_shim_conn_t probe;
+        if (blink_shim_connect(s->socket, &probe, NULL) == 0) {
+            blink_shim_disconnect(&probe);
+            return 0;
+        }
+        /* A live pid without a socket: not our shim anymore. */
+        log_warn("session", "session `%s`: shim pid %lld does not answer; restarting", s->name,
+                 (long long)row->shim_pid);
+    }
+
+    snprintf(row->state, sizeof(row->state), "%s", BLINK_STATE_STARTING);
+    if (blink_catalog_session_set_state(s->catalog, row, err) < 0)
+        return -1;
+    if (start_shim(s, row, err) < 0) {
+        blink_error_t ignored;
+        if (blink_catalog_session_get(s->catalog, s->name, row, &ignored) == 0 &&
+            strcmp(row->state, BLINK_STATE_STARTING) == 0) {
+            snprintf(row->state, sizeof(row->state), "%s", BLINK_STATE_CRASHED);
+            blink_catalog_session_set_state(s->catalog, row, &ignored);
+        }
+        return -1;
+    }
+    return blink_catalog_session_get(s->catalog, s->name, row, err);
+}
+
+/* Asks the shim to stop the VM and waits for the shim to exit. Lock held. */
+static int stop_vm(session_ctx_t *s, blink_session_row_t *row, blink_error_t *err)
+{
+    reconcile(s, row);
+    if (strcmp(row->state, BLINK_STATE_RUNNING) != 0 &&
+        strcmp(row->state, BLINK_STATE_STARTING) != 0)
+        return 0;
+
+    blink_shim_conn_t conn;
+    if (blink_shim_connect(s->socket, &conn, NULL) == 0) {
+        blink_shim_send(&conn, BLIN_SHIM_STOP, 0, NULL, 0, NULL);
+        blink_shim_disconnect(&conn);
+    } else {
+        kill((pid_t)row->shim_pid, SIGTERM);
+    }
+
+    uint64_t deadline = blink_now_ms() + STOP_GRACE_MS;
+    while (pid_alive(row->shim_pid) && blink_now_ms() < deadline)
+        usleep(20 * 1000);
+    if (pid_alive(row->shim_pid)) {
+        log_warn("session", "session `%s`: shim did not stop; killing it", s->name);
+        kill((pid_t)row->shim_pid, SIGKILL); /* QEMU follows: PR_SET_PDEATHSIG */
+        while (pid_alive(row->shim_pid) && blink_now_ms() < deadline + 5000)
+            usleep(20 * 1000);
+    }
+
+    if (blink_catalog_session_get(s->catalog, s->name, row, err) < 0)
+        return -1;
+    if (strcmp(row->state, BLINK_STATE_STOPPED) != 0) {
+        snprintf(row->state, sizeof(row->state), "%s", BLINK_STATE_STOPPED);
+        row->shim_pid = row->qemu_pid = row->started_at = 0;
+        row->boot_id[0] = '\0';
+        if (row->last_end[0] == '\0' || strncmp(row->last_end, "crash", 5) != 0)
+            snprintf(row->last_end, sizeof(row->last_end), "killed after the stop grace period");
+        blink_catalog_session_set_state(s->catalog, row, err);
+    }
+    unlink(s->socket);
+    return 0;
+}
+
+static int create_disk(session_ctx_t *s, const char *base, blink_error_t *err)
+{
+    cleanup_free char *qemu_img = blink_find_program("qemu-img");
+    cleanup_free char *backing = realpath(base, NULL);
+    cleanup_free char *tmp = blink_strdup_printf("%s.tmp", s->disk);
+    if (qemu_img == NULL)
+        return blink_fail(err, BLINK_E_MISSING_DEP, 0,
+                          "find qemu-img: install the Debian package `qemu-utils`");
+    if (backing == NULL || tmp == NULL)
+        return blink_fail(err, BLINK_E_IO, errno, "resolve image `%s`", base);
+
+    char *argv[] = {qemu_img, "create", "-q",    "-f", "qcow2", "-F",
+                    "qcow2",  "-b",     backing, tmp,  NULL};
+    if (blink_run_program(argv, err) < 0)
+        return -1;
+    if (rename(tmp, s->disk) < 0)
+        return blink_fail(err, BLINK_E_IO, errno, "create disk `%s`", s->disk);
+    return 0;
+}
+
+int blink_session_open(blink_t *blink, const char *name, const blink_session_options_t *options,
+                       bool *created, blink_error_t *err)
+{
+    blink_session_options_t defaults = {.struct_size = sizeof(defaults)};
+    const blink_session_options_t *o = options ? options : &defaults;
+    session_ctx_t s;
+    blink_session_row_t row;
+    char *base = NULL;
+    int rc = -1;
+
+    if (created)
+        *created = false;
+    if (o->memory_mib != 0 && (o->memory_mib < 128 || o->memory_mib > 65536))
+        return blink_fail(err, BLINK_E_INVALID, 0, "memory %u MiB: use 128-65536", o->memory_mib);
+    if (o->cpus > 64)
+        return blink_fail(err, BLINK_E_INVALID, 0, "cpus %u: use 1-64", o->cpus);
+    if (ctx_open(blink, name, &s, err) < 0 || ctx_lock(&s, err) < 0)
+        goto out;
+
+    if (blink_catalog_session_get(s.catalog, name, &row, NULL) == 0) {
+        rc = 0; /* exists: changes nothing */
+        goto out;
+    }
+
+    base = blink_image_disk(blink, o->image, err);
+    if (base == NULL)
+        goto out;
+
+    /* Debris of an interrupted open or remove has no row: clear it. */
+    blink_remove_tree(s.dir);
+    if (blink_mkdir_p(s.dir, 0700, err) < 0 || create_disk(&s, base, err) < 0)
+        goto fail_files;
+
+    memset(&row, 0, sizeof(row));
+    snprintf(row.name, sizeof(row.name), "%s", name);
+    snprintf(row.image, sizeof(row.image), "%s", o->image ? o->image : BLINK_DEFAULT_IMAGE);
+    snprintf(row.state, sizeof(row.state), "%s", BLINK_STATE_STOPPED);
+    row.warm = o->warm;
+    row.memory_mib = o->memory_mib ? o->memory_mib : 512;
+    row.cpus = o->cpus ? o->cpus : 1;
+    if (blink_catalog_session_insert(s.catalog, &row, err) < 0)
+        goto fail_files;
+    if (created)
+        *created = true;
+
+    rc = o->warm ? ensure_running(&s, &row, err) : 0;
+    goto out;
+
+fail_files:
+    blink_remove_tree(s.dir);
+out:
+    free(base);
+    ctx_close(&s);
+    return rc;
+}
+
+/* ---- running an agent through the shim ---- */
+
+static atomic_uint transfer_counter;
+
+static int send_agent(blink_shim_conn_t *conn, int fd, uint64_t size, const char *guest_path,
+                      blink_error_t *err)
+{
+    blin_writer_t w;
+    blin_writer_init(&w);
+    blin_put_string(&w, guest_path);
+    blin_put_u32(&w, 0755);
+    blin_put_u64(&w, size);
+    int rc = w.failed ? blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "encode file")
+                      : blink_shim_send(conn, BLIN_CTL_FILE_BEGIN, EXEC_ID, w.data, w.len, err);
+    blin_writer_free(&w);
+    if (rc < 0)
+        return -1;
+
+    cleanup_free char *buf = malloc(BLINK_CAP_FILE_CHUNK);
+    if (buf == NULL)
+        return blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "read agent");
+    for (uint64_t sent = 0; sent < size;) {
+        ssize_t n = read(fd, buf, BLINK_CAP_FILE_CHUNK);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0 || (uint64_t)n > size - sent)
+            return blink_fail(err, BLINK_E_IO, n < 0 ? errno : 0,
+                              "read agent: the file changed while it was sent");
+        if (blink_shim_send(conn, BLIN_CTL_FILE_DATA, EXEC_ID, buf, (size_t)n, err) < 0)
+            return -1;
+        sent += (uint64_t)n;
+    }
+    return 0;
+}
+
+static void guest_error_text(const uint8_t *payload, uint32_t len, char *buf, size_t size)
+{
+    blin_cursor_t c;
+    blin_cursor_init(&c, payload, len);
+    uint32_t code = blin_get_u32(&c);
+    cleanup_free char *message = blin_get_string(&c, 400);
+    snprintf(buf, size, "%s (errno %u)", message ? message : "malformed error", code);
+}
+
+/* Streams the execution's frames into `result` until its Exit. */
+static int collect(blink_shim_conn_t *conn, const blink_run_options_t *o, blink_result_t *result,
+                   blink_error_t *err)
+{
+    uint64_t start = blink_now_ms();
+    for (;;) {
+        blin_header_t h;
+        const uint8_t *payload;
+        if (blink_shim_recv(conn, -1, &h, &payload, err) <= 0)
+            return blink_wrap(err, "run agent");
+        if (h.request_id != EXEC_ID)
+            continue;
+
+        if (h.type == BLIN_STDOUT || h.type == BLIN_STDERR) {
+            blink_stream_t stream = h.type == BLIN_STDOUT ? BLINK_STDOUT : BLINK_STDERR;
+            if (o->on_output)
+                o->on_output(stream, (const char *)payload, h.length, o->userdata);
+            if (blink_result_append(result, stream, (const char *)payload, h.length) < 0)
+                return blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "keep agent output");
+        } else if (h.type == BLIN_CTL_EXIT) {
+            blin_cursor_t c;
+            blin_cursor_init(&c, payload, h.length);
+            int32_t code = (int32_t)blin_get_u32(&c);
+            uint32_t signal = blin_get_u32(&c);
+            uint32_t flags = blin_get_u32(&c);
+            if (c.failed || signal > 64)
+                return blink_fail(err, BLINK_E_PROTOCOL, 0, "[shim] malformed exit message");
+            result->exit_code = signal ? -1 : code;
+            result->signal = (int)signal;
+            result->oom_killed = (flags & BLIN_EXIT_OOM) != 0;
+            result->timed_out = (flags & BLIN_EXIT_TIMED_OUT) != 0;
+            result->duration_ms = blink_now_ms() - start;
+            return 0;
+        } else if (h.type == BLIN_ERROR) {
+            char text[512];
+            guest_error_text(payload, h.length, text, sizeof(text));
+            return blink_fail(err, BLINK_E_VM, 0, "run agent: %s", text);
+        }
+    }
+}
+
+static int run_via_shim(session_ctx_t *s, const char *agent_path, const blink_run_options_t *o,
+                        int agent_fd, uint64_t agent_size, blink_result_t *result,
+                        blink_error_t *err)
+{
+    blink_shim_conn_t conn;
+    if (blink_shim_connect(s->socket, &conn, err) < 0)
+        return blink_wrap(err, "session `%s`", s->name);
+
+    cleanup_free char *dir = blink_strdup_printf("/run/blink/agents/%d-%u", (int)getpid(),
+                                                 atomic_fetch_add(&transfer_counter, 1));
+    cleanup_free char *guest_path = dir ? blink_agent_guest_path(agent_path, dir) : NULL;
+    blin_writer_t exec;
+    int rc = -1;
+    if (guest_path == NULL) {
+        blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "name agent");
+        goto out;
+    }
+
+    /* 1. the agent file, confirmed before the Exec that needs it */
+    if (send_agent(&conn, agent_fd, agent_size, guest_path, err) < 0)
+        goto out;
+    for (;;) {
+        blin_header_t h;
+        const uint8_t *payload;
+        if (blink_shim_recv(&conn, -1, &h, &payload, err) <= 0)
+            goto out;
+        if (h.request_id == EXEC_ID && h.type == BLIN_CTL_FILE_DONE)
+            break;
+        if (h.request_id == EXEC_ID && h.type == BLIN_ERROR) {
+            char text[512];
+            guest_error_text(payload, h.length, text, sizeof(text));
+            blink_fail(err, BLINK_E_VM, 0, "send agent: %s", text);
+            goto out;
+        }
+    }
+
+    /* 2. the timeout, enforced by the shim, then the Exec */
+    uint8_t timeout[4] = {(uint8_t)o->timeout_sec, (uint8_t)(o->timeout_sec >> 8),
+                          (uint8_t)(o->timeout_sec >> 16), (uint8_t)(o->timeout_sec >> 24)};
+    if (blink_shim_send(&conn, BLIN_SHIM_EXEC_OPTIONS, EXEC_ID, timeout, 4, err) < 0 ||
+        blink_agent_exec_payload(&exec, guest_path, o, err) < 0)
+        goto out;
+    rc = blink_shim_send(&conn, BLIN_CTL_EXEC, EXEC_ID, exec.data, exec.len, err);
+    blin_writer_free(&exec);
+
+    /* 3. output until exit */
+    if (rc == 0)
+        rc = collect(&conn, o, result, err);
+out:
+    blink_shim_disconnect(&conn);
+    return rc;
+}
+
+int blink_session_run(blink_t *blink, const char *name, const char *agent_path,
+                      const blink_run_options_t *options, blink_result_t **result,
+                      blink_error_t *err)
+{
+    blink_run_options_t defaults = {.struct_size = sizeof(defaults)};
+    const blink_run_options_t *o = options ? options : &defaults;
+    session_ctx_t s;
+    blink_session_row_t row;
+    blink_result_t *r = NULL;
+    uint64_t size = 0;
+    int fd = -1, rc = -1;
+
+    *result = NULL;
+    if (agent_path == NULL)
+        return blink_fail(err, BLINK_E_INVALID, 0, "run: no agent path");
+    if (blink_agent_check_options(o, err) < 0)
+        return -1;
+    if (o->image || o->memory_mib || o->cpus)
+        return blink_fail(err, BLINK_E_INVALID, 0,
+                          "image, memory and cpus belong to the session: set them on open");
+    if (ctx_open(blink, name, &s, err) < 0)
+        return -1;
+    if ((fd = blink_agent_open(agent_path, &size, err)) < 0 || ctx_lock(&s, err) < 0)
+        goto out;
+    if (blink_catalog_session_get(s.catalog, name, &row, err) < 0 ||
+        ensure_running(&s, &row, err) < 0)
+        goto out;
+
+    /* A warm session serves runs concurrently; let others in. */
+    if (row.warm) {
+        close(s.lock_fd);
+        s.lock_fd = -1;
+    }
+
+    r = blink_result_new(o->output_cap ? o->output_cap : BLINK_DEFAULT_OUTPUT_CAP);
+    if (r == NULL) {
+        blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "allocate result");
+        goto out;
+    }
+    rc = run_via_shim(&s, agent_path, o, fd, size, r, err);
+
+    if (!row.warm) {
+        blink_error_t stop_err;
+        if (stop_vm(&s, &row, &stop_err) < 0)
+            log_warn("session", "stop session `%s`: %s", name, stop_err.message);
+    }
+    if (rc == 0) {
+        *result = r;
+        r = NULL;
+    }
+out:
+    blink_result_free(r);
+    if (fd >= 0)
+        close(fd);
+    ctx_close(&s);
+    return rc;
+}
+
+/* ---- stop, remove, info, list ---- */
+
+int blink_session_stop(blink_t *blink, const char *name, blink_error_t *err)
+{
+    session_ctx_t s;
+    blink_session_row_t row;
+    int rc = -1;
+    if (ctx_open(blink, name, &s, err) == 0 && ctx_lock(&s, err) == 0 &&
+        blink_catalog_session_get(s.catalog, name, &row, err) == 0)
+        rc = stop_vm(&s, &row, err);
+    ctx_close(&s);
+    return rc;
+}
+
+int blink_session_remove(blink_t *blink, const char *name, bool force, blink_error_t *err)
+{
+    session_ctx_t s;
+    blink_session_row_t row;
+    int64_t active = 0;
+    int rc = -1;
+
+    if (ctx_open(blink, name, &s, err) < 0 || ctx_lock(&s, err) < 0 ||
+        blink_catalog_session_get(s.catalog, name, &row, err) < 0)
+        goto out;
+    reconcile(&s, &row);
+    bool running = strcmp(row.state, BLINK_STATE_RUNNING) == 0;
+    if (running && blink_catalog_execution_active(s.catalog, name, &active, err) < 0)
+        goto out;
+    if (active > 0 && !force) {
+        blink_fail(err, BLINK_E_BUSY, 0,
+                   "session `%s` has %lld running execution(s): wait, or remove with --force", name,
+                   (long long)active);
+        goto out;
+    }
+    if (stop_vm(&s, &row, err) < 0)
+        goto out;
+
+    /* The row goes first: once it is gone the session is gone, and the
+     * files left by a crash right here are cleared by the next open. */
+    if (blink_catalog_session_delete(s.catalog, name, err) < 0)
+        goto out;
+    blink_remove_tree(s.dir);
+    rc = 0;
+out:
+    ctx_close(&s);
+    return rc;
+}
+
+static void row_to_info(const blink_session_row_t *row, blink_session_info_t *info)
+{
+    memset(info, 0, sizeof(*info));
+    snprintf(info->name, sizeof(info->name), "%s", row->name);
+    snprintf(info->image, sizeof(info->image), "%s", row->image);
+    snprintf(info->state, sizeof(info->state), "%s", row->state);
+    info->warm = row->warm;
+    info->memory_mib = row->memory_mib;
+    info->cpus = row->cpus;
+    info->shim_pid = row->shim_pid;
+    info->qemu_pid = row->qemu_pid;
+    snprintf(info->boot_id, sizeof(info->boot_id), "%s", row->boot_id);
+    snprintf(info->last_end, sizeof(info->last_end), "%s", row->last_end);
+    info->created_at = row->created_at;
+    info->started_at = row->started_at;
+}
+
+int blink_session_info(blink_t *blink, const char *name, blink_session_info_t *info,
+                       blink_error_t *err)
+{
+    session_ctx_t s;
+    blink_session_row_t row;
+    int rc = -1;
+    if (ctx_open(blink, name, &s, err) == 0 &&
+        blink_catalog_session_get(s.catalog, name, &row, err) == 0) {
+        reconcile(&s, &row);
+        row_to_info(&row, info);
+        rc = 0;
+    }
+    ctx_close(&s);
+    return rc;
+}
+
+int blink_session_list(blink_t *blink, blink_session_info_t **list, size_t *count,
+                       blink_error_t *err)
+{
+    cleanup_free char *db = blink_strdup_printf("%s/blink.db", blink->home);
+    blink_catalog_t *catalog = NULL;
+    blink_session_row_t *rows = NULL;
+    size_t n = 0;
+
+    *list = NULL;
+    *count = 0;
+    if (db == NULL || blink_catalog_open(db, &catalog, err) < 0 ||
+        blink_catalog_session_list(catalog, &rows, &n, err) < 0) {
+        blink_catalog_close(catalog);
+        return -1;
+    }
+    blink_session_info_t *out = calloc(n ? n : 1, sizeof(*out));
+    if (out == NULL) {
+        free(rows);
+        blink_catalog_close(catalog);
+        return blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "list sessions");
+    }
+    for (size_t i = 0; i < n; i++) {
+        session_ctx_t s = {.blink = blink, .name = rows[i].name, .catalog = catalog, .lock_fd = -1};
+        s.socket = blink_strdup_printf("%s/sessions/%s/shim.sock", blink->home, rows[i].name);
+        if (s.socket)
+            reconcile(&s, &rows[i]);
+        free(s.socket);
+        row_to_info(&rows[i], &out[i]);
+    }
+    free(rows);
+    blink_catalog_close(catalog);
+    *list = out;
+    *count = n;
+    return 0;
+}
+
+int blink_open_session(const char *name, const char *image, bool *created, blink_error_t *err)
+{
+    blink_t *blink = blink_open(NULL, err);
+    if (blink == NULL)
+        return -1;
+    blink_session_options_t options = {.struct_size = sizeof(options), .image = image};
+    int rc = blink_session_open(blink, name, &options, created, err);
+    blink_close(blink);
+    return rc;
+}
+
+int blink_run_in_session(const char *name, const char *agent_path, blink_result_t **result,
+                         blink_error_t *err)
+{
+    blink_t *blink = blink_open(NULL, err);
+    if (blink == NULL)
+        return -1;
+    int rc = blink_session_run(blink, name, agent_path, NULL, result, err);
+    blink_close(blink);
+    return rc;
+}

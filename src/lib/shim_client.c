@@ -1,0 +1,105 @@
+/* Talking to a session's shim over its Unix socket (BLIN frames). */
+#include "shim_client.h"
+
+#include "caps.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+int blink_shim_connect(const char *path, blink_shim_conn_t *conn, blink_error_t *err)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    memset(conn, 0, sizeof(*conn));
+    conn->fd = -1;
+    if (strlen(path) >= sizeof(addr.sun_path))
+        return blink_fail(err, BLINK_E_INVALID, 0, "shim socket path `%s` is too long", path);
+    memcpy(addr.sun_path, path, strlen(path) + 1);
+
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return blink_fail(err, BLINK_E_IO, errno, "create socket");
+    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+        int e = errno;
+        close(fd);
+        return blink_fail(err, BLINK_E_NOT_FOUND, e, "connect to shim `%s`", path);
+    }
+    conn->fd = fd;
+    blin_decoder_init(&conn->decoder, BLINK_CAP_BLIN_PAYLOAD);
+    return 0;
+}
+
+void blink_shim_disconnect(blink_shim_conn_t *conn)
+{
+    if (conn->fd >= 0)
+        close(conn->fd);
+    conn->fd = -1;
+    blin_decoder_free(&conn->decoder);
+}
+
+static int send_all(int fd, const void *data, size_t len, blink_error_t *err)
+{
+    const char *p = data;
+    while (len > 0) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return blink_fail(err, BLINK_E_VM, errno, "send to shim");
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+int blink_shim_send(blink_shim_conn_t *conn, uint8_t type, uint64_t id, const void *payload,
+                    size_t len, blink_error_t *err)
+{
+    uint8_t header[BLIN_HEADER_SIZE];
+    blin_header_t h = {.type = type, .length = (uint32_t)len, .request_id = id};
+    blin_header_encode(&h, header);
+    if (send_all(conn->fd, header, sizeof(header), err) < 0)
+        return -1;
+    return len ? send_all(conn->fd, payload, len, err) : 0;
+}
+
+int blink_shim_recv(blink_shim_conn_t *conn, int timeout_ms, blin_header_t *h,
+                    const uint8_t **payload, blink_error_t *err)
+{
+    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : blink_now_ms() + (uint64_t)timeout_ms;
+
+    for (;;) {
+        /* One byte at a time would be slow; the decoder takes what it needs
+         * from a peeked buffer and we consume exactly that. */
+        uint8_t chunk[65536];
+        ssize_t n = recv(conn->fd, chunk, sizeof(chunk), MSG_PEEK | MSG_DONTWAIT);
+        if (n > 0) {
+            bool ready = false;
+            long used = blin_decoder_feed(&conn->decoder, chunk, (size_t)n, &ready);
+            if (used < 0)
+                return blink_fail(err, BLINK_E_PROTOCOL, 0, "[shim] bad frame: %s",
+                                  blin_decode_strerror((blin_decode_status_t)used));
+            if (recv(conn->fd, chunk, (size_t)used, MSG_DONTWAIT) != used)
+                return blink_fail(err, BLINK_E_IO, errno, "read from shim");
+            if (ready) {
+                *h = conn->decoder.header;
+                *payload = conn->decoder.payload;
+                return 1;
+            }
+            continue;
+        }
+        if (n == 0)
+            return blink_fail(err, BLINK_E_VM, 0, "the session's vm went away");
+        if (errno != EAGAIN && errno != EINTR)
+            return blink_fail(err, BLINK_E_VM, errno, "read from shim");
+
+        uint64_t now = blink_now_ms();
+        if (now >= deadline)
+            return 0;
+        uint64_t wait = deadline - now;
+        struct pollfd pfd = {.fd = conn->fd, .events = POLLIN};
+        poll(&pfd, 1, wait > 1000 ? 1000 : (int)wait);
+    }
+}

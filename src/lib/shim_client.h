@@ -1,0 +1,28 @@
+/* The client side of a shim's socket: blocking frame I/O with deadlines. */
+#ifndef BLINK_SHIM_CLIENT_H
+#define BLINK_SHIM_CLIENT_H
+
+#include "internal.h"
+
+#include "blin.h"
+
+typedef struct blink_shim_conn {
+    int fd;
+    blin_decoder_t decoder;
+} blink_shim_conn_t;
+
+/* Connects to the shim socket at `path`. BLINK_E_NOT_FOUND when nobody
+ * listens there (a stale or missing socket). */
+int blink_shim_connect(const char *path, blink_shim_conn_t *conn, blink_error_t *err);
+void blink_shim_disconnect(blink_shim_conn_t *conn);
+
+int blink_shim_send(blink_shim_conn_t *conn, uint8_t type, uint64_t id, const void *payload,
+                    size_t len, blink_error_t *err);
+
+/* Waits up to `timeout_ms` (-1: forever) for one frame. Returns 1 with *h and
+ * *payload set (valid until the next call), 0 on timeout, -1 when the shim
+ * closed the connection or sent garbage. */
+int blink_shim_recv(blink_shim_conn_t *conn, int timeout_ms, blin_header_t *h,
+                    const uint8_t **payload, blink_error_t *err);
+
+#endif
