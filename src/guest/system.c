@@ -34,7 +34,11 @@
 #define DEVICE_WAIT_MS 10000u
 #define DEVICE_POLL_MS 5u
 
-/* What the agents group leaves to blink-guest and the kernel. */
+/* What the agents group leaves to blink-guest and the kernel, counted from
+ * MemAvailable rather than MemTotal: a booted 512 MiB guest already has ~40 MiB
+ * of MemTotal in kernel use, and with MemTotal - 48 MiB the whole VM ran out
+ * of memory before the group did, so reclaim thrashed (PID 1 stalled for
+ * seconds) instead of the OOM killer ending the agent. */
 #define AGENTS_MEMORY_RESERVE (48ull << 20)
 #define AGENTS_MEMORY_MIN (32ull << 20)
 #define AGENTS_PIDS_MAX "4096"
@@ -409,12 +413,12 @@ void configure_system(void)
         log_warn_errno(-rc, "write /proc/self/oom_score_adj");
 }
 
-/* MemTotal of /proc/meminfo in bytes, or 0. */
-static uint64_t memory_total(void)
+/* A field of /proc/meminfo such as "MemAvailable:" in bytes, or 0. */
+static uint64_t meminfo_bytes(const char *name)
 {
     char meminfo[4096];
 
-    /* MemTotal is the first line; a partial read of a longer file is fine. */
+    /* The fields we read are in the first lines; a partial read is fine. */
     int fd = open("/proc/meminfo", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return 0;
@@ -424,10 +428,10 @@ static uint64_t memory_total(void)
         return 0;
     meminfo[n] = '\0';
 
-    const char *field = strstr(meminfo, "MemTotal:");
+    const char *field = strstr(meminfo, name);
     if (field == NULL)
         return 0;
-    return strtoull(field + strlen("MemTotal:"), NULL, 10) * 1024u;
+    return strtoull(field + strlen(name), NULL, 10) * 1024u;
 }
 
 static bool write_cgroup_knob(const char *path, const char *value)
@@ -452,12 +456,12 @@ bool setup_agents_cgroup(void)
     if (!write_cgroup_knob(AGENTS_CGROUP "/pids.max", AGENTS_PIDS_MAX))
         return false;
 
-    uint64_t total = memory_total();
-    if (total == 0) {
-        log_warn("read MemTotal from /proc/meminfo: not found");
+    uint64_t available = meminfo_bytes("MemAvailable:");
+    if (available == 0) {
+        log_warn("read MemAvailable from /proc/meminfo: not found");
         return false;
     }
-    uint64_t max = total > AGENTS_MEMORY_RESERVE ? total - AGENTS_MEMORY_RESERVE : 0;
+    uint64_t max = available > AGENTS_MEMORY_RESERVE ? available - AGENTS_MEMORY_RESERVE : 0;
     if (max < AGENTS_MEMORY_MIN)
         max = AGENTS_MEMORY_MIN;
     format_text_args(limit, sizeof(limit), "%llu", (unsigned long long)max);

@@ -1,0 +1,210 @@
+"""blink-cli session: persistent disks, warm VMs, concurrency, crash recovery."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import CLI, HOME, qemu_pids, run_cli
+
+
+def shim_pids():
+    out = subprocess.run(["pgrep", "-u", str(os.getuid()), "-f", "blink-shim"],
+                         capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def active_executions(name):
+    db = sqlite3.connect(f"file:{HOME / 'blink.db'}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT count(*) FROM executions WHERE session = ? AND "
+                          "finished_at IS NULL", (name,)).fetchone()[0]
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def session(request):
+    """A session name unique to the test, removed afterwards."""
+    name = "t-" + request.node.name.replace("test_", "")[:24].replace("[", "-").rstrip("]")
+    name = "".join(c if c.isalnum() or c in "_-" else "-" for c in name)
+    run_cli("session", "remove", "--name", name, "--force")
+    yield name
+    run_cli("session", "remove", "--name", name, "--force")
+
+
+def info(name):
+    r = run_cli("session", "info", "--name", name)
+    assert r.returncode == 0, r
+    return r.event["session"]
+
+
+def test_cold_session_keeps_data_across_stop(session, agent):
+    r = run_cli("session", "open", "--name", session)
+    assert r.returncode == 0 and r.event["event"] == "session_opened", r
+    assert r.event["created"] is True and r.event["state"] == "stopped"
+
+    write = agent("#!/bin/sh\necho remembered > /var/blink/memory/note\nsync\n", name="w.sh")
+    r = run_cli("session", "run", "--name", session, write)
+    assert r.returncode == 0 and r.event["session"] == session, r
+    assert info(session)["state"] == "stopped"  # a cold session's VM ends with the run
+
+    assert run_cli("session", "stop", "--name", session).event["event"] == "session_stopped"
+    read = agent("#!/bin/sh\ncat /var/blink/memory/note\n", name="r.sh")
+    r = run_cli("session", "run", "--name", session, read)
+    assert r.event["stdout"] == "remembered\n", r
+
+    # Opening again reports created:false and changes nothing.
+    r = run_cli("session", "open", "--name", session, "--warm")
+    assert r.event["created"] is False and r.event["warm"] is False
+    assert info(session)["state"] == "stopped"
+
+
+def test_warm_session_reuses_the_vm(session, agent):
+    r = run_cli("session", "open", "--name", session, "--warm")
+    assert r.returncode == 0 and r.event["state"] == "running", r
+    boot_id = r.event["boot_id"]
+    assert boot_id
+
+    probe = agent("#!/bin/sh\ncat /proc/sys/kernel/random/boot_id\n")
+    for _ in range(2):
+        r = run_cli("session", "run", "--name", session, probe)
+        assert r.event["stdout"].strip() == boot_id, r
+
+    listed = run_cli("session", "ls").event
+    assert listed["event"] == "session_list"
+    assert any(s["name"] == session and s["state"] == "running" for s in listed["sessions"])
+
+    shim = info(session)["shim_pid"]
+    assert run_cli("session", "stop", "--name", session).returncode == 0
+    st = info(session)
+    assert st["state"] == "stopped" and st["last_end"] == "clean stop"
+    assert shim not in shim_pids()
+
+
+def test_concurrent_runs_in_a_warm_session(session, agent):
+    assert run_cli("session", "open", "--name", session, "--warm").returncode == 0
+    results = {}
+
+    def one(i):
+        path = agent("#!/usr/bin/env python3\n"
+                     "import os, sys\n"
+                     f"block = b'{chr(ord('a') + i)}' * (1 << 20)\n"
+                     "for _ in range(10):\n"
+                     "    os.write(1, block)\n"
+                     f"sys.exit({10 + i})\n", name=f"c{i}.py")
+        results[i] = run_cli("session", "run", "--name", session, path)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    for i in range(4):
+        ev = results[i].event
+        assert ev["exit_code"] == 10 + i, results[i]
+        assert ev["stdout_bytes"] == 10 << 20
+        assert set(ev["stdout"]) == {chr(ord("a") + i)}
+
+
+@pytest.mark.parametrize("victim", ["shim", "qemu"])
+def test_kill_9_then_recover(session, agent, victim):
+    assert run_cli("session", "open", "--name", session, "--warm").returncode == 0
+    write = agent("#!/bin/sh\necho kept > /var/blink/memory/k\nsync\n", name="w.sh")
+    assert run_cli("session", "run", "--name", session, write).returncode == 0
+
+    st = info(session)
+    os.kill(st["shim_pid"] if victim == "shim" else st["qemu_pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while st["shim_pid"] in shim_pids() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert info(session)["state"] == "crashed"
+
+    r = run_cli("session", "run", "--name", session,
+                agent("#!/bin/sh\ncat /var/blink/memory/k\n", name="r.sh"))
+    assert r.event["stdout"] == "kept\n", r
+    assert info(session)["state"] == "running"
+
+
+def test_racing_warm_opens_start_one_vm(session):
+    before = qemu_pids()
+    env = dict(os.environ, BLINK_HOME=str(HOME))
+    procs = [subprocess.Popen([str(CLI), "session", "open", "--name", session, "--warm"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              env=env) for _ in range(2)]
+    events = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
+    assert sorted(e["created"] for e in events) == [False, True]
+    assert len(qemu_pids() - before) == 1
+
+
+def test_remove_refuses_while_running_unless_forced(session, agent):
+    assert run_cli("session", "open", "--name", session, "--warm").returncode == 0
+    slow = agent("#!/bin/sh\nsleep 60\n")
+    runner = subprocess.Popen([str(CLI), "session", "run", "--name", session, str(slow)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=dict(os.environ, BLINK_HOME=str(HOME)))
+    try:
+        deadline = time.monotonic() + 60
+        while not active_executions(session) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        r = run_cli("session", "remove", "--name", session)
+        assert r.event["code"] == "busy", r
+        r = run_cli("session", "remove", "--name", session, "--force")
+        assert r.event["event"] == "session_removed"
+    finally:
+        runner.wait(timeout=60)
+    assert run_cli("session", "info", "--name", session).event["code"] == "not_found"
+    assert not (HOME / "sessions" / session).exists()
+
+
+def test_full_guest_disk_is_a_clear_agent_error(session, agent):
+    assert run_cli("session", "open", "--name", session, "--warm").returncode == 0
+    fill = agent("#!/usr/bin/env python3\n"
+                 "import os\n"
+                 "st = os.statvfs('/var')\n"
+                 "fd = os.open('/var/filler', os.O_CREAT | os.O_WRONLY)\n"
+                 "try:\n"
+                 "    os.posix_fallocate(fd, 0, st.f_bfree * st.f_frsize - (4 << 20))\n"
+                 "except OSError:\n"
+                 "    pass\n"
+                 "try:\n"
+                 "    with open('/var/more', 'wb') as f:\n"
+                 "        for _ in range(64):\n"
+                 "            f.write(b'x' * (1 << 20))\n"
+                 "        f.flush(); os.fsync(f.fileno())\n"
+                 "except OSError as e:\n"
+                 "    print('write failed:', e.strerror)\n", name="fill.py")
+    r = run_cli("session", "run", "--name", session, fill)
+    assert "No space left on device" in r.event["stdout"], r
+    clean = agent("#!/bin/sh\nrm -f /var/filler /var/more && echo usable > /tmp/x && cat /tmp/x\n",
+                  name="clean.sh")
+    assert run_cli("session", "run", "--name", session, clean).event["stdout"] == "usable\n"
+
+
+@pytest.mark.parametrize("args, code", [
+    (["session", "open", "--name", "ab"], "invalid"),
+    (["session", "open", "--name", "x" * 33], "invalid"),
+    (["session", "open", "--name", "bad/name"], "invalid"),
+    (["session", "open", "--name", "ok-name", "--image", "no-such-image"], "not_found"),
+    (["session", "run", "--name", "no-such-session", "/bin/sh"], "not_found"),
+    (["session", "stop", "--name", "no-such-session"], "not_found"),
+    (["session", "info", "--name", "no-such-session"], "not_found"),
+    (["session", "remove", "--name", "no-such-session"], "not_found"),
+    (["session", "open"], "usage"),
+    (["session", "run", "--name", "abc", "--image", "x", "/bin/sh"], "invalid"),
+    (["session", "stop", "--name", "abc", "--warm"], "usage"),
+    (["session", "frob"], "usage"),
+])
+def test_session_bad_input(args, code):
+    r = run_cli(*args)
+    assert r.returncode != 0 and r.event["event"] == "error", r
+    assert r.event["code"] == code, r
+    assert not (HOME / "sessions" / "ok-name").exists()
+
+
+def test_no_shim_or_qemu_left():
+    """Runs last in this module."""
+    assert shim_pids() == set()
+    assert qemu_pids() == set()
