@@ -192,6 +192,58 @@ BLINK_API int blink_session_info(blink_t *blink, const char *name, blink_session
 BLINK_API int blink_session_list(blink_t *blink, blink_session_info_t **list, size_t *count,
                                  blink_error_t *err);
 
+/* ---- interactive executions in a session ---- */
+
+typedef struct blink_spawn_options {
+    size_t struct_size;       /* sizeof(blink_spawn_options_t) */
+    const char *const *argv;  /* the command; argv[0] is searched in PATH */
+    size_t argc;
+    const char *const *env;   /* "KEY=VALUE" entries added to the default environment */
+    size_t env_count;
+    const char *workdir;      /* NULL: /root */
+    bool tty;                 /* run on a pseudo-terminal */
+    unsigned rows, cols;      /* terminal size; 0: 24 x 80 */
+    unsigned timeout_sec;     /* 0: none */
+    blink_output_fn on_output; /* output as it arrives (a PTY's is all BLINK_STDOUT) */
+    void *userdata;
+} blink_spawn_options_t;
+
+typedef struct blink_execution blink_execution_t;
+
+/* Starts a process in the session (booting a cold session's VM, which then
+ * stays up until the execution is freed). Stdin is a pipe fed by
+ * blink_execution_write. Drive it with blink_execution_pump. */
+BLINK_API int blink_session_spawn(blink_t *blink, const char *name,
+                                  const blink_spawn_options_t *options,
+                                  blink_execution_t **execution, blink_error_t *err);
+
+/* A descriptor that becomes readable when the execution has something to
+ * deliver: for callers with their own poll loop. */
+BLINK_API int blink_execution_fd(const blink_execution_t *execution);
+
+/* Delivers what arrived to on_output, waiting up to `timeout_ms` (-1: until
+ * something arrives). Returns 1 once the process has exited, 0 while it runs,
+ * -1 on failure. */
+BLINK_API int blink_execution_pump(blink_execution_t *execution, int timeout_ms,
+                                   blink_error_t *err);
+
+/* Writes to the process's stdin; len 0 closes it (EOF). */
+BLINK_API int blink_execution_write(blink_execution_t *execution, const void *data, size_t len,
+                                    blink_error_t *err);
+BLINK_API int blink_execution_resize(blink_execution_t *execution, unsigned rows, unsigned cols,
+                                     blink_error_t *err);
+/* Sends a signal (Linux numbering) to the process group. */
+BLINK_API int blink_execution_kill(blink_execution_t *execution, int signo, blink_error_t *err);
+
+/* After pump returned 1: the exit code (-1 if a signal ended it), the signal,
+ * and whether the timeout ended it. */
+BLINK_API int blink_execution_exit_code(const blink_execution_t *execution);
+BLINK_API int blink_execution_exit_signal(const blink_execution_t *execution);
+BLINK_API bool blink_execution_timed_out(const blink_execution_t *execution);
+
+/* Disconnects (a running process goes on in a warm session) and frees. */
+BLINK_API void blink_execution_free(blink_execution_t *execution);
+
 /* The seed's open_session(name, image) and run_in_session(name, path), on the
  * default context. */
 BLINK_API int blink_open_session(const char *name, const char *image, bool *created,

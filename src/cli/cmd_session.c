@@ -224,6 +224,8 @@ static const struct {
 } subcommands[] = {
     {"open", session_open, "open --name N [--image I] [--warm] [--memory MIB] [--cpus N]"},
     {"run", session_run, "run --name N PATH [options] [-- ARGS...]"},
+    {"spawn", cmd_spawn, "spawn --name N [--tty] [--rows R --cols C] [--env K=V]... "
+                         "[--workdir D] [--timeout S] -- CMD..."},
     {"stop", session_stop, "stop --name N"},
     {"remove", session_remove, "remove --name N [--force]"},
     {"info", session_info, "info --name N"},

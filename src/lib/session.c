@@ -13,6 +13,7 @@
 #include "catalog.h"
 #include "context.h"
 #include "result.h"
+#include "session.h"
 #include "shim_client.h"
 
 #include <errno.h>
@@ -29,16 +30,6 @@
 #define STOP_GRACE_MS 15000
 #define EXEC_ID       1
 
-typedef struct session_ctx {
-    blink_t *blink;
-    const char *name;
-    blink_catalog_t *catalog;
-    char *dir;
-    char *disk;
-    char *socket;
-    int lock_fd;
-} session_ctx_t;
-
 bool blink_name_valid(const char *name)
 {
     size_t len = name ? strlen(name) : 0;
@@ -46,7 +37,7 @@ bool blink_name_valid(const char *name)
            strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-") == len;
 }
 
-static void ctx_close(session_ctx_t *s)
+void session_ctx_close(session_ctx_t *s)
 {
     if (s->lock_fd >= 0)
         close(s->lock_fd); /* releases the flock */
@@ -58,7 +49,7 @@ static void ctx_close(session_ctx_t *s)
     free(s->socket);
 }
 
-static int ctx_open(blink_t *blink, const char *name, session_ctx_t *s, blink_error_t *err)
+int session_ctx_open(blink_t *blink, const char *name, session_ctx_t *s, blink_error_t *err)
 {
     memset(s, 0, sizeof(*s));
     s->lock_fd = -1;
@@ -73,18 +64,18 @@ static int ctx_open(blink_t *blink, const char *name, session_ctx_t *s, blink_er
     s->disk = blink_strdup_printf("%s/sessions/%s/disk.qcow2", blink->home, name);
     s->socket = blink_strdup_printf("%s/sessions/%s/shim.sock", blink->home, name);
     if (db == NULL || s->dir == NULL || s->disk == NULL || s->socket == NULL) {
-        ctx_close(s);
+        session_ctx_close(s);
         return blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "open session");
     }
     if (blink_catalog_open(db, &s->catalog, err) < 0) {
-        ctx_close(s);
+        session_ctx_close(s);
         return -1;
     }
     return 0;
 }
 
 /* Takes the session's lock, waiting while another process holds it. */
-static int ctx_lock(session_ctx_t *s, blink_error_t *err)
+int session_ctx_lock(session_ctx_t *s, blink_error_t *err)
 {
     cleanup_free char *dir = blink_strdup_printf("%s/locks", s->blink->home);
     cleanup_free char *path = blink_strdup_printf("%s/locks/%s.lock", s->blink->home, s->name);
@@ -227,7 +218,7 @@ static int start_shim(session_ctx_t *s, const blink_session_row_t *row, blink_er
 }
 
 /* Makes sure the session's VM runs, booting it if needed. Lock held. */
-static int ensure_running(session_ctx_t *s, blink_session_row_t *row, blink_error_t *err)
+int session_ensure_running(session_ctx_t *s, blink_session_row_t *row, blink_error_t *err)
 {
     reconcile(s, row);
     if (strcmp(row->state, BLINK_STATE_RUNNING) == 0) {
@@ -257,7 +248,7 @@ static int ensure_running(session_ctx_t *s, blink_session_row_t *row, blink_erro
 }
 
 /* Asks the shim to stop the VM and waits for the shim to exit. Lock held. */
-static int stop_vm(session_ctx_t *s, blink_session_row_t *row, blink_error_t *err)
+int session_stop_vm(session_ctx_t *s, blink_session_row_t *row, blink_error_t *err)
 {
     reconcile(s, row);
     if (strcmp(row->state, BLINK_STATE_RUNNING) != 0 &&
@@ -332,7 +323,7 @@ int blink_session_open(blink_t *blink, const char *name, const blink_session_opt
         return blink_fail(err, BLINK_E_INVALID, 0, "memory %u MiB: use 128-65536", o->memory_mib);
     if (o->cpus > 64)
         return blink_fail(err, BLINK_E_INVALID, 0, "cpus %u: use 1-64", o->cpus);
-    if (ctx_open(blink, name, &s, err) < 0 || ctx_lock(&s, err) < 0)
+    if (session_ctx_open(blink, name, &s, err) < 0 || session_ctx_lock(&s, err) < 0)
         goto out;
 
     if (blink_catalog_session_get(s.catalog, name, &row, NULL) == 0) {
@@ -361,14 +352,14 @@ int blink_session_open(blink_t *blink, const char *name, const blink_session_opt
     if (created)
         *created = true;
 
-    rc = o->warm ? ensure_running(&s, &row, err) : 0;
+    rc = o->warm ? session_ensure_running(&s, &row, err) : 0;
     goto out;
 
 fail_files:
     blink_remove_tree(s.dir);
 out:
     free(base);
-    ctx_close(&s);
+    session_ctx_close(&s);
     return rc;
 }
 
@@ -407,15 +398,6 @@ static int send_agent(blink_shim_conn_t *conn, int fd, uint64_t size, const char
     return 0;
 }
 
-static void guest_error_text(const uint8_t *payload, uint32_t len, char *buf, size_t size)
-{
-    blin_cursor_t c;
-    blin_cursor_init(&c, payload, len);
-    uint32_t code = blin_get_u32(&c);
-    cleanup_free char *message = blin_get_string(&c, 400);
-    snprintf(buf, size, "%s (errno %u)", message ? message : "malformed error", code);
-}
-
 /* Streams the execution's frames into `result` until its Exit. */
 static int collect(blink_shim_conn_t *conn, const blink_run_options_t *o, blink_result_t *result,
                    blink_error_t *err)
@@ -436,22 +418,17 @@ static int collect(blink_shim_conn_t *conn, const blink_run_options_t *o, blink_
             if (blink_result_append(result, stream, (const char *)payload, h.length) < 0)
                 return blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "keep agent output");
         } else if (h.type == BLIN_CTL_EXIT) {
-            blin_cursor_t c;
-            blin_cursor_init(&c, payload, h.length);
-            int32_t code = (int32_t)blin_get_u32(&c);
-            uint32_t signal = blin_get_u32(&c);
-            uint32_t flags = blin_get_u32(&c);
-            if (c.failed || signal > 64)
-                return blink_fail(err, BLINK_E_PROTOCOL, 0, "[shim] malformed exit message");
-            result->exit_code = signal ? -1 : code;
-            result->signal = (int)signal;
+            uint32_t flags;
+            if (blink_exit_frame_parse(payload, h.length, &result->exit_code, &result->signal,
+                                       &flags, err) < 0)
+                return -1;
             result->oom_killed = (flags & BLIN_EXIT_OOM) != 0;
             result->timed_out = (flags & BLIN_EXIT_TIMED_OUT) != 0;
             result->duration_ms = blink_now_ms() - start;
             return 0;
         } else if (h.type == BLIN_ERROR) {
             char text[512];
-            guest_error_text(payload, h.length, text, sizeof(text));
+            blink_error_frame_text(payload, h.length, text, sizeof(text));
             return blink_fail(err, BLINK_E_VM, 0, "run agent: %s", text);
         }
     }
@@ -487,7 +464,7 @@ static int run_via_shim(session_ctx_t *s, const char *agent_path, const blink_ru
             break;
         if (h.request_id == EXEC_ID && h.type == BLIN_ERROR) {
             char text[512];
-            guest_error_text(payload, h.length, text, sizeof(text));
+            blink_error_frame_text(payload, h.length, text, sizeof(text));
             blink_fail(err, BLINK_E_VM, 0, "send agent: %s", text);
             goto out;
         }
@@ -530,12 +507,12 @@ int blink_session_run(blink_t *blink, const char *name, const char *agent_path,
     if (o->image || o->memory_mib || o->cpus)
         return blink_fail(err, BLINK_E_INVALID, 0,
                           "image, memory and cpus belong to the session: set them on open");
-    if (ctx_open(blink, name, &s, err) < 0)
+    if (session_ctx_open(blink, name, &s, err) < 0)
         return -1;
-    if ((fd = blink_agent_open(agent_path, &size, err)) < 0 || ctx_lock(&s, err) < 0)
+    if ((fd = blink_agent_open(agent_path, &size, err)) < 0 || session_ctx_lock(&s, err) < 0)
         goto out;
     if (blink_catalog_session_get(s.catalog, name, &row, err) < 0 ||
-        ensure_running(&s, &row, err) < 0)
+        session_ensure_running(&s, &row, err) < 0)
         goto out;
 
     /* A warm session serves runs concurrently; let others in. */
@@ -553,7 +530,7 @@ int blink_session_run(blink_t *blink, const char *name, const char *agent_path,
 
     if (!row.warm) {
         blink_error_t stop_err;
-        if (stop_vm(&s, &row, &stop_err) < 0)
+        if (session_stop_vm(&s, &row, &stop_err) < 0)
             log_warn("session", "stop session `%s`: %s", name, stop_err.message);
     }
     if (rc == 0) {
@@ -564,7 +541,7 @@ out:
     blink_result_free(r);
     if (fd >= 0)
         close(fd);
-    ctx_close(&s);
+    session_ctx_close(&s);
     return rc;
 }
 
@@ -575,10 +552,10 @@ int blink_session_stop(blink_t *blink, const char *name, blink_error_t *err)
     session_ctx_t s;
     blink_session_row_t row;
     int rc = -1;
-    if (ctx_open(blink, name, &s, err) == 0 && ctx_lock(&s, err) == 0 &&
+    if (session_ctx_open(blink, name, &s, err) == 0 && session_ctx_lock(&s, err) == 0 &&
         blink_catalog_session_get(s.catalog, name, &row, err) == 0)
-        rc = stop_vm(&s, &row, err);
-    ctx_close(&s);
+        rc = session_stop_vm(&s, &row, err);
+    session_ctx_close(&s);
     return rc;
 }
 
@@ -589,7 +566,7 @@ int blink_session_remove(blink_t *blink, const char *name, bool force, blink_err
     int64_t active = 0;
     int rc = -1;
 
-    if (ctx_open(blink, name, &s, err) < 0 || ctx_lock(&s, err) < 0 ||
+    if (session_ctx_open(blink, name, &s, err) < 0 || session_ctx_lock(&s, err) < 0 ||
         blink_catalog_session_get(s.catalog, name, &row, err) < 0)
         goto out;
     reconcile(&s, &row);
@@ -602,7 +579,7 @@ int blink_session_remove(blink_t *blink, const char *name, bool force, blink_err
                    (long long)active);
         goto out;
     }
-    if (stop_vm(&s, &row, err) < 0)
+    if (session_stop_vm(&s, &row, err) < 0)
         goto out;
 
     /* The row goes first: once it is gone the session is gone, and the
@@ -612,7 +589,7 @@ int blink_session_remove(blink_t *blink, const char *name, bool force, blink_err
     blink_remove_tree(s.dir);
     rc = 0;
 out:
-    ctx_close(&s);
+    session_ctx_close(&s);
     return rc;
 }
 
@@ -639,13 +616,13 @@ int blink_session_info(blink_t *blink, const char *name, blink_session_info_t *i
     session_ctx_t s;
     blink_session_row_t row;
     int rc = -1;
-    if (ctx_open(blink, name, &s, err) == 0 &&
+    if (session_ctx_open(blink, name, &s, err) == 0 &&
         blink_catalog_session_get(s.catalog, name, &row, err) == 0) {
         reconcile(&s, &row);
         row_to_info(&row, info);
         rc = 0;
     }
-    ctx_close(&s);
+    session_ctx_close(&s);
     return rc;
 }
 

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -102,4 +103,29 @@ int blink_shim_recv(blink_shim_conn_t *conn, int timeout_ms, blin_header_t *h,
         struct pollfd pfd = {.fd = conn->fd, .events = POLLIN};
         poll(&pfd, 1, wait > 1000 ? 1000 : (int)wait);
     }
+}
+
+int blink_exit_frame_parse(const uint8_t *payload, uint32_t len, int *exit_code, int *signal,
+                           uint32_t *flags, blink_error_t *err)
+{
+    blin_cursor_t c;
+    blin_cursor_init(&c, payload, len);
+    int32_t code = (int32_t)blin_get_u32(&c);
+    uint32_t signo = blin_get_u32(&c);
+    *flags = blin_get_u32(&c);
+    if (c.failed || signo > 64)
+        return blink_fail(err, BLINK_E_PROTOCOL, 0, "malformed exit message");
+    *exit_code = signo ? -1 : code;
+    *signal = (int)signo;
+    return 0;
+}
+
+void blink_error_frame_text(const uint8_t *payload, uint32_t len, char *buf, size_t size)
+{
+    blin_cursor_t c;
+    blin_cursor_init(&c, payload, len);
+    uint32_t code = blin_get_u32(&c);
+    char *message = blin_get_string(&c, 400);
+    snprintf(buf, size, "%s (errno %u)", message ? message : "malformed error", code);
+    free(message);
 }

@@ -25,4 +25,12 @@ int blink_shim_send(blink_shim_conn_t *conn, uint8_t type, uint64_t id, const vo
 int blink_shim_recv(blink_shim_conn_t *conn, int timeout_ms, blin_header_t *h,
                     const uint8_t **payload, blink_error_t *err);
 
+/* Decodes an Exit payload: exit code (-1 when a signal ended the process),
+ * signal and flags. */
+int blink_exit_frame_parse(const uint8_t *payload, uint32_t len, int *exit_code, int *signal,
+                           uint32_t *flags, blink_error_t *err);
+
+/* Formats an Error payload ("message (errno N)") into buf. */
+void blink_error_frame_text(const uint8_t *payload, uint32_t len, char *buf, size_t size);
+
 #endif

@@ -204,6 +204,72 @@ def test_session_bad_input(args, code):
     assert not (HOME / "sessions" / "ok-name").exists()
 
 
+def test_spawn_pipes_stdin_and_exit_code(session):
+    assert run_cli("session", "open", "--name", session, "--warm").returncode == 0
+    env = dict(os.environ, BLINK_HOME=str(HOME))
+    proc = subprocess.run([str(CLI), "session", "spawn", "--name", session, "--env", "X=1",
+                           "--", "sh", "-c", "tr a-z A-Z; echo x=$X; exit 4"],
+                          input="hello\n", capture_output=True, text=True, env=env, timeout=120)
+    lines = proc.stdout.splitlines()
+    assert lines[:2] == ["HELLO", "x=1"], proc
+    event = json.loads(lines[-1])
+    assert event["event"] == "exec_finished" and event["exit_code"] == 4
+    assert proc.returncode == 4
+
+
+def test_spawn_with_a_pty_sees_resize_and_ctrl_c(session):
+    import pty
+    import fcntl
+    import struct
+    import termios
+
+    assert run_cli("session", "open", "--name", session, "--warm").returncode == 0
+    pid, master = pty.fork()
+    if pid == 0:
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        os.environ["BLINK_HOME"] = str(HOME)
+        os.execv(str(CLI), [str(CLI), "session", "spawn", "--name", session, "--tty", "--",
+                            "sh", "-c", "tty; stty size; trap 'stty size' WINCH; echo ready; "
+                            "while :; do sleep 0.1; done"])
+    output = b""
+
+    def read_until(token, seconds=60):
+        nonlocal output
+        deadline = time.monotonic() + seconds
+        while token not in output and time.monotonic() < deadline:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        return token in output
+
+    assert read_until(b"ready"), output
+    assert b"/dev/pts/" in output and b"30 100" in output
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 120, 0, 0))
+    assert read_until(b"50 120"), output
+    os.write(master, b"\x03")  # Ctrl-C through the raw terminal
+    assert read_until(b"exec_finished"), output
+    _, status = os.waitpid(pid, 0)
+    os.close(master)
+    last = output.decode(errors="replace").strip().splitlines()[-1]
+    event = json.loads(last[last.index("{"):])
+    assert event["signal"] == "SIGINT" or event["exit_code"] == 130, event
+
+
+def test_session_run_timeout_is_enforced_by_the_shim(session, agent):
+    assert run_cli("session", "open", "--name", session, "--warm").returncode == 0
+    r = run_cli("session", "run", "--name", session, "--timeout", "2",
+                agent("#!/bin/sh\necho begun\nsleep 100\n"))
+    assert r.returncode == 124 and r.event["timed_out"] is True, r
+    assert r.event["stdout"] == "begun\n"
+    # The VM is still fine afterwards.
+    assert run_cli("session", "run", "--name", session,
+                   agent("#!/bin/sh\necho still\n", name="b.sh")).event["stdout"] == "still\n"
+
+
 def test_no_shim_or_qemu_left():
     """Runs last in this module."""
     assert shim_pids() == set()
