@@ -244,6 +244,76 @@ BLINK_API bool blink_execution_timed_out(const blink_execution_t *execution);
 /* Disconnects (a running process goes on in a warm session) and frees. */
 BLINK_API void blink_execution_free(blink_execution_t *execution);
 
+/* ---- checkpoints: qcow2 internal snapshots of the session disk ---- */
+
+typedef enum blink_checkpoint_kind {
+    BLINK_CHECKPOINT_AUTO = 0,   /* memory when the VM runs, disk when it is stopped */
+    BLINK_CHECKPOINT_DISK = 1,   /* the disk only (the guest syncs and freezes first) */
+    BLINK_CHECKPOINT_MEMORY = 2, /* disk, memory and devices of the running VM */
+} blink_checkpoint_kind_t;
+
+typedef struct blink_checkpoint_info {
+    char name[33];
+    char id[16];        /* qcow2 snapshot id */
+    int64_t created_at; /* ms since the epoch */
+    uint64_t size_bytes; /* memory state, or the disk's allocated size when taken */
+    bool memory;        /* restoring resumes the processes that ran */
+} blink_checkpoint_info_t;
+
+/* Takes checkpoint `snapshot` (3-32 of [A-Za-z0-9_-], unique in the session). */
+BLINK_API int blink_session_checkpoint(blink_t *blink, const char *name, const char *snapshot,
+                                       blink_checkpoint_kind_t kind,
+                                       blink_checkpoint_info_t *info, blink_error_t *err);
+
+/* The session's checkpoints, oldest first. Free *list with free(). */
+BLINK_API int blink_session_checkpoints(blink_t *blink, const char *name,
+                                        blink_checkpoint_info_t **list, size_t *count,
+                                        blink_error_t *err);
+
+/* Rolls the session back to `snapshot`: files written since are gone, other
+ * checkpoints stay. A memory checkpoint resumes its processes when the VM
+ * runs (or when the session is warm); a disk checkpoint restored into a
+ * running VM reboots it onto that disk. */
+BLINK_API int blink_session_restore(blink_t *blink, const char *name, const char *snapshot,
+                                    blink_error_t *err);
+
+BLINK_API int blink_session_delete_checkpoint(blink_t *blink, const char *name,
+                                              const char *snapshot, blink_error_t *err);
+
+/* The seed's checkpoint_session and restore_session, on the default context. */
+BLINK_API int blink_checkpoint_session(const char *name, const char *snapshot,
+                                       blink_error_t *err);
+BLINK_API int blink_restore_session(const char *name, const char *snapshot, blink_error_t *err);
+
+/* ---- export and import: a session as one .boxlite archive ---- */
+
+/* Progress of a long operation: `done` of `total` bytes. */
+typedef void (*blink_progress_fn)(uint64_t done, uint64_t total, void *userdata);
+
+typedef struct blink_transfer_options {
+    size_t struct_size;         /* sizeof(blink_transfer_options_t) */
+    const char *output;         /* export: the archive path; NULL for
+                                   BLINK_HOME/exports/NAME-YYYYmmdd-HHMMSS.boxlite */
+    const char *name;           /* import: the new session's name; NULL for the archive's */
+    blink_progress_fn on_progress;
+    void *userdata;
+} blink_transfer_options_t;
+
+/* Writes the session (disk, checkpoints, image, settings) as a zstd tar with
+ * manifest.json first. A running VM is paused for the moment its disk is
+ * copied; it is not stopped. *path (caller frees) and *size describe the
+ * archive. */
+BLINK_API int blink_session_export(blink_t *blink, const char *name,
+                                   const blink_transfer_options_t *options, char **path,
+                                   uint64_t *size, blink_error_t *err);
+
+/* Imports an archive as a new session, after checking every member's path,
+ * type, size and SHA-256; nothing lands in BLINK_HOME unless all is well.
+ * *name (caller frees) is the new session's name. */
+BLINK_API int blink_session_import(blink_t *blink, const char *archive,
+                                   const blink_transfer_options_t *options, char **name,
+                                   blink_error_t *err);
+
 /* The seed's open_session(name, image) and run_in_session(name, path), on the
  * default context. */
 BLINK_API int blink_open_session(const char *name, const char *image, bool *created,

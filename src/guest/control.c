@@ -276,12 +276,13 @@ static void drain_signal_fd(int fd)
 
 _Noreturn void control_serve(int port_fd, bool agents_cgroup)
 {
-    enum { CONTROL, CHILDREN, FIRST_EXEC };
+    enum { CONTROL, CHILDREN, PRESSURE, FIRST_EXEC };
     static struct pollfd fds[FIRST_EXEC + 3 * GUEST_MAX_EXECUTIONS];
     blin_decoder_t decoder;
 
     control_fd = port_fd;
     int signal_fd = open_child_signal_fd();
+    int pressure_fd = agents_cgroup ? agents_pressure_open() : -1;
     blin_decoder_init(&decoder, BLINK_CAP_BLIN_PAYLOAD);
     exec_init(agents_cgroup);
     send_ready();
@@ -289,6 +290,7 @@ _Noreturn void control_serve(int port_fd, bool agents_cgroup)
     for (;;) {
         fds[CONTROL] = (struct pollfd){.fd = control_fd, .events = POLLIN};
         fds[CHILDREN] = (struct pollfd){.fd = signal_fd, .events = POLLIN};
+        fds[PRESSURE] = (struct pollfd){.fd = pressure_fd, .events = POLLPRI};
         size_t exec_count = exec_poll_prepare(fds + FIRST_EXEC, 3 * GUEST_MAX_EXECUTIONS);
 
         if (poll(fds, FIRST_EXEC + exec_count, -1) < 0) {
@@ -298,8 +300,11 @@ _Noreturn void control_serve(int port_fd, bool agents_cgroup)
             power_off();
         }
 
-        /* Output first, then exits, so an Exit follows the output the poll
-         * saw; then the host's requests. */
+        /* A stalled agents group first, as it slows everything else; then
+         * output, then exits, so an Exit follows the output the poll saw;
+         * then the host's requests. */
+        if (fds[PRESSURE].revents & POLLPRI)
+            agents_pressure_handle();
         exec_poll_handle(fds + FIRST_EXEC, exec_count);
         if (fds[CHILDREN].revents) {
             drain_signal_fd(signal_fd);

@@ -67,13 +67,20 @@ int wait_for_devices(char *port_path, size_t size);
 int switch_to_root_disk(bool read_only);
 int mount_runtime_filesystems(void);
 void configure_system(void);
-/* Creates the agents control group; false when agents run unconfined. */
-bool setup_agents_cgroup(void);
-/* oom_kill count of the agents group, 0 when unknown. */
-uint64_t agents_oom_kills(void);
-
 /* Stops every process, syncs, makes the root read-only and powers off. */
 _Noreturn void power_off(void);
+
+/* ---- agents.c: the agents control group ---- */
+
+/* Creates the agents control group; false when agents run unconfined. */
+bool setup_agents_cgroup(void);
+/* Processes of the group the kernel's OOM killer or the pressure watch
+ * killed so far; compared before and after an execution. */
+uint64_t agents_oom_kills(void);
+/* An fd that polls POLLPRI when the group stalls on memory, or -1. */
+int agents_pressure_open(void);
+/* Kills the group's largest process if the group is stalled at its limit. */
+void agents_pressure_handle(void);
 
 /* ---- control.c: the control port ---- */
 

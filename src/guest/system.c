@@ -1,17 +1,15 @@
 /* Boot steps of blink-guest: kernel filesystems, driver modules, the root
- * disk, the runtime mounts and settings agents expect, the agents control
- * group, and powering the VM off. */
+ * disk, the runtime mounts and settings agents expect, and powering the VM
+ * off. */
 #include "guest.h"
 #include "log.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <inttypes.h>
 #include <limits.h>
 #include <net/if.h>
 #include <signal.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
@@ -33,15 +31,6 @@
  * and still ends a VM whose disk or port is missing in reasonable time. */
 #define DEVICE_WAIT_MS 10000u
 #define DEVICE_POLL_MS 5u
-
-/* What the agents group leaves to blink-guest and the kernel, counted from
- * MemAvailable rather than MemTotal: a booted 512 MiB guest already has ~40 MiB
- * of MemTotal in kernel use, and with MemTotal - 48 MiB the whole VM ran out
- * of memory before the group did, so reclaim thrashed (PID 1 stalled for
- * seconds) instead of the OOM killer ending the agent. */
-#define AGENTS_MEMORY_RESERVE (48ull << 20)
-#define AGENTS_MEMORY_MIN (32ull << 20)
-#define AGENTS_PIDS_MAX "4096"
 
 /* Grace period between SIGTERM and SIGKILL at power off. */
 #define STOP_GRACE_MS 1000u
@@ -411,78 +400,6 @@ void configure_system(void)
     rc = write_small_file("/proc/self/oom_score_adj", "-1000");
     if (rc < 0)
         log_warn_errno(-rc, "write /proc/self/oom_score_adj");
-}
-
-/* A field of /proc/meminfo such as "MemAvailable:" in bytes, or 0. */
-static uint64_t meminfo_bytes(const char *name)
-{
-    char meminfo[4096];
-
-    /* The fields we read are in the first lines; a partial read is fine. */
-    int fd = open("/proc/meminfo", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t n = read(fd, meminfo, sizeof(meminfo) - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    meminfo[n] = '\0';
-
-    const char *field = strstr(meminfo, name);
-    if (field == NULL)
-        return 0;
-    return strtoull(field + strlen(name), NULL, 10) * 1024u;
-}
-
-static bool write_cgroup_knob(const char *path, const char *value)
-{
-    int rc = write_small_file(path, value);
-    if (rc < 0)
-        log_warn_errno(-rc, "write `%s` to %s", value, path);
-    return rc == 0;
-}
-
-bool setup_agents_cgroup(void)
-{
-    char limit[32];
-
-    if (!write_cgroup_knob("/sys/fs/cgroup/cgroup.subtree_control", "+memory +pids"))
-        return false;
-    int rc = ensure_directory(AGENTS_CGROUP, 0755);
-    if (rc < 0) {
-        log_warn_errno(-rc, "create control group %s", AGENTS_CGROUP);
-        return false;
-    }
-    if (!write_cgroup_knob(AGENTS_CGROUP "/pids.max", AGENTS_PIDS_MAX))
-        return false;
-
-    uint64_t available = meminfo_bytes("MemAvailable:");
-    if (available == 0) {
-        log_warn("read MemAvailable from /proc/meminfo: not found");
-        return false;
-    }
-    uint64_t max = available > AGENTS_MEMORY_RESERVE ? available - AGENTS_MEMORY_RESERVE : 0;
-    if (max < AGENTS_MEMORY_MIN)
-        max = AGENTS_MEMORY_MIN;
-    format_text_args(limit, sizeof(limit), "%llu", (unsigned long long)max);
-    if (!write_cgroup_knob(AGENTS_CGROUP "/memory.max", limit))
-        return false;
-
-    log_debug("agents group: memory.max %s, pids.max %s", limit, AGENTS_PIDS_MAX);
-    return true;
-}
-
-uint64_t agents_oom_kills(void)
-{
-    char events[1024];
-
-    if (read_small_file(AGENTS_CGROUP "/memory.events", events, sizeof(events)) < 0)
-        return 0;
-    /* Lines are `key value`; oom_kill is preceded by a newline. */
-    const char *line = strstr(events, "\noom_kill ");
-    if (line == NULL)
-        return 0;
-    return strtoull(line + strlen("\noom_kill "), NULL, 10);
 }
 
 /* Reaps children until none is left or `ms` have passed; true if none is left. */

@@ -62,6 +62,17 @@ static const char *const migrations[] = {
     /* Serves the cascade on session delete and the count of active executions. */
     "CREATE INDEX executions_by_session ON executions(session, finished_at);"
     "PRAGMA user_version = 1;",
+    /* 2: what qcow2 does not keep about checkpoints. */
+    "CREATE TABLE checkpoints ("
+    "  session TEXT NOT NULL REFERENCES sessions(name) ON DELETE CASCADE,"
+    "  name TEXT NOT NULL"
+    "    CHECK (length(name) BETWEEN 3 AND 32 AND name NOT GLOB '*[^A-Za-z0-9_-]*'),"
+    "  created_at INTEGER NOT NULL,"
+    "  size_bytes INTEGER NOT NULL,"
+    "  memory INTEGER NOT NULL CHECK (memory IN (0, 1)),"
+    "  PRIMARY KEY (session, name)"
+    ");"
+    "PRAGMA user_version = 2;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -669,5 +680,97 @@ int blink_catalog_execution_active(blink_catalog_t *catalog, const char *session
     if (rc != SQLITE_ROW)
         return sql_fail(catalog->db, rc, err, "count executions of session `%s`", session);
     *count = sqlite3_column_int64(stmt, 0);
+    return 0;
+}
+
+int blink_catalog_execution_abandon(blink_catalog_t *catalog, const char *session,
+                                    blink_error_t *err)
+{
+    static const char sql[] =
+        "UPDATE executions SET finished_at = :finished_at, exit_code = -1, signal = 9 "
+        "WHERE session = :session AND finished_at IS NULL";
+    cleanup_stmt sqlite3_stmt *stmt = NULL;
+    if (prepare(catalog, sql, &stmt, err) < 0)
+        return -1;
+
+    binder_t b = {.stmt = stmt, .rc = SQLITE_OK};
+    bind_int64(&b, ":finished_at", now_ms());
+    bind_text(&b, ":session", session, SIZE_MAX);
+    if (binder_check(&b, err, "abandon executions") < 0)
+        return -1;
+    int rc = sqlite3_step(stmt);
+    if (rc != SQLITE_DONE)
+        return sql_fail(catalog->db, rc, err, "abandon executions of `%s`", session);
+    return 0;
+}
+
+int blink_catalog_checkpoint_put(blink_catalog_t *catalog, const blink_checkpoint_row_t *row,
+                                 blink_error_t *err)
+{
+    static const char sql[] =
+        "INSERT OR REPLACE INTO checkpoints (session, name, created_at, size_bytes, memory) "
+        "VALUES (:session, :name, :created_at, :size_bytes, :memory)";
+    cleanup_stmt sqlite3_stmt *stmt = NULL;
+    if (prepare(catalog, sql, &stmt, err) < 0)
+        return -1;
+
+    binder_t b = {.stmt = stmt, .rc = SQLITE_OK};
+    bind_text(&b, ":session", row->session, sizeof(row->session));
+    bind_text(&b, ":name", row->name, sizeof(row->name));
+    bind_int64(&b, ":created_at", row->created_at);
+    bind_int64(&b, ":size_bytes", row->size_bytes);
+    bind_int64(&b, ":memory", row->memory ? 1 : 0);
+    if (binder_check(&b, err, "record checkpoint") < 0)
+        return -1;
+    int rc = sqlite3_step(stmt);
+    if (rc != SQLITE_DONE)
+        return sql_fail(catalog->db, rc, err, "record checkpoint `%s`", row->name);
+    return 0;
+}
+
+int blink_catalog_checkpoint_delete(blink_catalog_t *catalog, const char *session,
+                                    const char *name, blink_error_t *err)
+{
+    static const char sql[] = "DELETE FROM checkpoints WHERE session = :session AND name = :name";
+    cleanup_stmt sqlite3_stmt *stmt = NULL;
+    if (prepare(catalog, sql, &stmt, err) < 0)
+        return -1;
+
+    binder_t b = {.stmt = stmt, .rc = SQLITE_OK};
+    bind_text(&b, ":session", session, SIZE_MAX);
+    bind_text(&b, ":name", name, SIZE_MAX);
+    if (binder_check(&b, err, "delete checkpoint") < 0)
+        return -1;
+    int rc = sqlite3_step(stmt);
+    if (rc != SQLITE_DONE)
+        return sql_fail(catalog->db, rc, err, "delete checkpoint `%s`", name);
+    return 0;
+}
+
+int blink_catalog_checkpoint_get(blink_catalog_t *catalog, const char *session,
+                                 const char *name, blink_checkpoint_row_t *row,
+                                 blink_error_t *err)
+{
+    static const char sql[] = "SELECT session, name, created_at, size_bytes, memory "
+                              "FROM checkpoints WHERE session = :session AND name = :name";
+    cleanup_stmt sqlite3_stmt *stmt = NULL;
+    if (prepare(catalog, sql, &stmt, err) < 0)
+        return -1;
+
+    binder_t b = {.stmt = stmt, .rc = SQLITE_OK};
+    bind_text(&b, ":session", session, SIZE_MAX);
+    bind_text(&b, ":name", name, SIZE_MAX);
+    if (binder_check(&b, err, "read checkpoint") < 0)
+        return -1;
+    int rc = sqlite3_step(stmt);
+    if (rc == SQLITE_DONE)
+        return blink_fail(err, BLINK_E_NOT_FOUND, 0, "[catalog] no checkpoint `%s`", name);
+    if (rc != SQLITE_ROW)
+        return sql_fail(catalog->db, rc, err, "read checkpoint `%s`", name);
+    copy_text(stmt, 0, row->session, sizeof(row->session));
+    copy_text(stmt, 1, row->name, sizeof(row->name));
+    row->created_at = sqlite3_column_int64(stmt, 2);
+    row->size_bytes = sqlite3_column_int64(stmt, 3);
+    row->memory = sqlite3_column_int64(stmt, 4) != 0;
     return 0;
 }

@@ -71,4 +71,27 @@ int blink_catalog_execution_finish(blink_catalog_t *catalog, int64_t id, int exi
 int blink_catalog_execution_active(blink_catalog_t *catalog, const char *session, int64_t *count,
                                    blink_error_t *err);
 
+/* Marks every unfinished execution of a session as ended by SIGKILL: used
+ * when a new VM starts, since nothing of the old one runs anymore. */
+int blink_catalog_execution_abandon(blink_catalog_t *catalog, const char *session,
+                                    blink_error_t *err);
+
+/* Checkpoint metadata; the checkpoints themselves are qcow2 internal
+ * snapshots of the session disk, which stay the truth of what exists. */
+typedef struct blink_checkpoint_row {
+    char session[33];
+    char name[33];
+    int64_t created_at; /* ms since the epoch */
+    int64_t size_bytes;
+    bool memory;
+} blink_checkpoint_row_t;
+
+int blink_catalog_checkpoint_put(blink_catalog_t *catalog, const blink_checkpoint_row_t *row,
+                                 blink_error_t *err);
+int blink_catalog_checkpoint_delete(blink_catalog_t *catalog, const char *session,
+                                    const char *name, blink_error_t *err);
+int blink_catalog_checkpoint_get(blink_catalog_t *catalog, const char *session,
+                                 const char *name, blink_checkpoint_row_t *row,
+                                 blink_error_t *err);
+
 #endif

@@ -97,6 +97,8 @@ int blink_remove_tree(const char *path);
 char *blink_read_file(const char *path, size_t max, size_t *len, blink_error_t *err);
 /* Writes a file atomically (temp file, fsync, rename). */
 int blink_write_file_atomic(const char *path, const void *data, size_t len, blink_error_t *err);
+/* Copies a file's bytes to a new file `target` (mode 0600), fsynced. */
+int blink_copy_file(const char *source, const char *target, blink_error_t *err);
 /* Finds an executable in $PATH; returns a new string or NULL. */
 char *blink_find_program(const char *name);
 int blink_set_nonblocking(int fd);
@@ -109,6 +111,8 @@ void blink_tail_append(char *tail, size_t *tail_len, size_t cap, const char *dat
 /* Runs a helper program (absolute argv[0]) to completion with stdin and
  * stdout on /dev/null; a non-zero exit becomes an error carrying its stderr. */
 int blink_run_program(char *const argv[], blink_error_t *err);
+/* The same, keeping up to `max` bytes of its stdout in *out (caller frees). */
+int blink_run_program_output(char *const argv[], char **out, size_t max, blink_error_t *err);
 
 /* Appends to a growing buffer; fails only on allocation failure. */
 typedef struct blink_buf {

@@ -47,6 +47,7 @@ void session_ctx_close(session_ctx_t *s)
     free(s->dir);
     free(s->disk);
     free(s->socket);
+    s->dir = s->disk = s->socket = NULL;
 }
 
 int session_ctx_open(blink_t *blink, const char *name, session_ctx_t *s, blink_error_t *err)
@@ -120,6 +121,12 @@ static void reconcile(session_ctx_t *s, blink_session_row_t *row)
     unlink(s->socket);
 }
 
+bool session_is_running(session_ctx_t *s, blink_session_row_t *row)
+{
+    reconcile(s, row);
+    return strcmp(row->state, BLINK_STATE_RUNNING) == 0;
+}
+
 static char *shim_path(void)
 {
     const char *env = getenv("BLINK_SHIM");
@@ -168,8 +175,9 @@ static int start_shim(session_ctx_t *s, const blink_session_row_t *row, blink_er
     snprintf(memory, sizeof(memory), "%u", row->memory_mib);
     snprintf(cpus, sizeof(cpus), "%u", row->cpus);
     snprintf(ready_arg, sizeof(ready_arg), "%d", 3);
-    char *argv[] = {shim,   "--home", s->blink->home, "--name",     (char *)s->name, "--memory",
-                    memory, "--cpus", cpus,           "--ready-fd", ready_arg,       NULL};
+    char *argv[] = {shim,  "--home",   s->blink->home, "--name",     (char *)s->name,
+                    "--memory", memory, "--cpus",  cpus,   "--ready-fd", ready_arg,
+                    s->loadvm ? "--loadvm" : NULL, (char *)s->loadvm, NULL};
 
     pid_t child = fork();
     if (child < 0) {

@@ -16,7 +16,8 @@ typedef struct session_ctx {
     char *dir;
     char *disk;
     char *socket;
-    int lock_fd; /* -1 when the lock is not held */
+    int lock_fd;        /* -1 when the lock is not held */
+    const char *loadvm; /* start the VM from this memory checkpoint */
 } session_ctx_t;
 
 /* Validates the name, opens the catalog and computes the paths. */
@@ -25,6 +26,8 @@ int session_ctx_open(blink_t *blink, const char *name, session_ctx_t *s, blink_e
 void session_ctx_close(session_ctx_t *s);
 /* Takes the session's lock, waiting while another process holds it. */
 int session_ctx_lock(session_ctx_t *s, blink_error_t *err);
+/* Reconciles the row with the living processes; true if the VM runs. */
+bool session_is_running(session_ctx_t *s, blink_session_row_t *row);
 /* Boots the VM unless it runs; `row` is refreshed. Lock held. */
 int session_ensure_running(session_ctx_t *s, blink_session_row_t *row, blink_error_t *err);
 /* Stops the VM cleanly (forcefully after a grace period). Lock held. */

@@ -159,6 +159,29 @@ fail:;
     return blink_fail(err, BLINK_E_IO, e, "write `%s`", path);
 }
 
+int blink_copy_file(const char *source, const char *target, blink_error_t *err)
+{
+    cleanup_close int in = open(source, O_RDONLY | O_CLOEXEC);
+    if (in < 0)
+        return blink_fail(err, BLINK_E_IO, errno, "open `%s`", source);
+    cleanup_close int out = open(target, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (out < 0)
+        return blink_fail(err, BLINK_E_IO, errno, "create `%s`", target);
+
+    for (;;) {
+        ssize_t n = copy_file_range(in, NULL, out, NULL, 1 << 30, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return blink_fail(err, BLINK_E_IO, errno, "copy `%s` to `%s`", source, target);
+        if (n == 0)
+            break;
+    }
+    if (fsync(out) < 0)
+        return blink_fail(err, BLINK_E_IO, errno, "sync `%s`", target);
+    return 0;
+}
+
 char *blink_find_program(const char *name)
 {
     const char *path = getenv("PATH");

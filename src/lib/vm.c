@@ -130,6 +130,10 @@ static void build_qemu_argv(const blink_vm_config_t *c, argv_builder_t *a)
         argv_add(a, "-device");
         argv_add(a, "virtio-blk-device,drive=root");
     }
+    if (c->loadvm) {
+        argv_add(a, "-loadvm");
+        argv_add(a, "%s", c->loadvm);
+    }
     /* QEMU's seccomp filter: no obsolete syscalls, no setuid, no fork/exec,
      * no scheduler or resource changes (qemu-options.hx, -sandbox). */
     argv_add(a, "-sandbox");

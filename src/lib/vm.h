@@ -22,6 +22,7 @@ typedef struct blink_vm_config {
     bool disk_read_only;
     bool control_port;         /* attach the org.blink.ctl virtio-serial port */
     const char *tmp_dir;       /* QEMU's TMPDIR */
+    const char *loadvm;        /* start from this internal snapshot (-loadvm); may be NULL */
 } blink_vm_config_t;
 
 struct blink_vm;

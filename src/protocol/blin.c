@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 static void put_le16(uint8_t *p, uint16_t v)
@@ -73,6 +74,9 @@ static const struct {
     {BLIN_CTL_SIGNAL, "signal"},       {BLIN_CTL_EXIT, "exit"},
     {BLIN_CTL_SHUTDOWN, "shutdown"},   {BLIN_SHIM_EXEC_OPTIONS, "exec_options"},
     {BLIN_SHIM_INFO, "info"},          {BLIN_SHIM_STOP, "stop"},
+    {BLIN_CTL_FREEZE, "freeze"},       {BLIN_SHIM_CHECKPOINT, "checkpoint"},
+    {BLIN_SHIM_RESTORE, "restore"},    {BLIN_SHIM_DELETE, "delete"},
+    {BLIN_SHIM_EXPORT, "export"},
 };
 
 const char *blin_type_name(uint8_t type)
@@ -339,21 +343,6 @@ char *blin_get_string(blin_cursor_t *c, size_t max)
     return s;
 }
 
-static int write_all(int fd, const uint8_t *p, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 int blin_write_frame(int fd, uint8_t type, uint64_t request_id, const void *payload, size_t len)
 {
     uint8_t header[BLIN_HEADER_SIZE];
@@ -363,8 +352,24 @@ int blin_write_frame(int fd, uint8_t type, uint64_t request_id, const void *payl
         return -EMSGSIZE;
     blin_header_encode(&h, header);
 
-    int rc = write_all(fd, header, sizeof(header));
-    if (rc == 0 && len > 0)
-        rc = write_all(fd, payload, len);
-    return rc;
+    /* Header and payload go in one writev: on a virtio port that is one
+     * buffer, so a VM snapshot never falls between a header and its payload. */
+    struct iovec iov[2] = {{header, sizeof(header)}, {(void *)payload, len}};
+    int count = len ? 2 : 1;
+    size_t left = sizeof(header) + len;
+    while (left > 0) {
+        ssize_t n = writev(fd, iov, count);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        left -= (size_t)n;
+        for (int i = 0; i < count && n > 0; i++) {
+            size_t take = (size_t)n < iov[i].iov_len ? (size_t)n : iov[i].iov_len;
+            iov[i].iov_base = (uint8_t *)iov[i].iov_base + take;
+            iov[i].iov_len -= take;
+            n -= (ssize_t)take;
+        }
+    }
+    return 0;
 }

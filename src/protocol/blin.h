@@ -37,6 +37,7 @@ enum {
     BLIN_CTL_FILE_BEGIN = 0x42, /* host -> guest: path, mode, size */
     BLIN_CTL_FILE_DATA = 0x43,  /* host -> guest: raw bytes of the file */
     BLIN_CTL_FILE_DONE = 0x44,  /* guest -> host: file written */
+    BLIN_CTL_FREEZE = 0x45,     /* both: u32 1 freeze / 0 thaw root fs; guest echoes */
     BLIN_CTL_EXEC = 0x48,       /* host -> guest: start a process */
     BLIN_CTL_STARTED = 0x49,    /* guest -> host: process started, pid */
     BLIN_CTL_STDIN = 0x4a,      /* host -> guest: stdin bytes, empty = EOF */
@@ -52,6 +53,10 @@ enum {
     BLIN_SHIM_EXEC_OPTIONS = 0x50, /* client -> shim: u32 timeout_sec, before Exec */
     BLIN_SHIM_INFO = 0x51,         /* both: empty request; reply is a JSON string */
     BLIN_SHIM_STOP = 0x52,         /* client -> shim: stop the VM cleanly */
+    BLIN_SHIM_CHECKPOINT = 0x53,   /* both: str name, u32 flags (bit 0: memory); empty reply */
+    BLIN_SHIM_RESTORE = 0x54,      /* both: str name (a memory checkpoint); empty reply */
+    BLIN_SHIM_DELETE = 0x55,       /* both: str name; empty reply */
+    BLIN_SHIM_EXPORT = 0x56,       /* both: str path; copies the disk while paused */
 };
 
 /* Flags of an Exit frame (third u32 of its payload). */

@@ -153,15 +153,22 @@ static void on_guest_ready(shim_t *shim, const uint8_t *payload, uint32_t len)
     }
     snprintf(shim->boot_id, sizeof(shim->boot_id), "%s", boot_id);
 
+    blink_error_t err;
+    if (shim_send_init(shim, &err) < 0)
+        log_error("shim", "send init to guest: %s", err.message);
+    shim->ready = true;
+}
+
+int shim_send_init(shim_t *shim, blink_error_t *err)
+{
     blin_writer_t w;
     blin_writer_init(&w);
     blin_put_u64(&w, blink_wall_ns());
     blin_put_string(&w, shim->name);
-    blink_error_t err;
-    if (w.failed || blink_vm_send(shim->vm, BLIN_CTL_INIT, 0, w.data, w.len, &err) < 0)
-        log_error("shim", "send init to guest failed");
+    int rc = w.failed ? blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "encode init")
+                      : blink_vm_send(shim->vm, BLIN_CTL_INIT, 0, w.data, w.len, err);
     blin_writer_free(&w);
-    shim->ready = true;
+    return rc;
 }
 
 static void on_guest_exit(shim_t *shim, shim_execution_t *e, const uint8_t *payload, uint32_t len)
@@ -204,6 +211,15 @@ int shim_on_guest_frame(blink_vm_t *vm, const blin_header_t *h, const uint8_t *p
 
     if (h->type == BLIN_CTL_READY) {
         on_guest_ready(shim, payload, h->length);
+        return 0;
+    }
+    if (h->type == BLIN_CTL_FREEZE || (h->type == BLIN_ERROR && h->request_id == 0)) {
+        blin_cursor_t c;
+        blin_cursor_init(&c, payload, h->length);
+        uint32_t code = blin_get_u32(&c);
+        shim->freeze_reply = c.failed ? EPROTO : (int)(code ? code : 0);
+        if (h->type == BLIN_ERROR && shim->freeze_reply == 0)
+            shim->freeze_reply = EIO;
         return 0;
     }
 
@@ -335,6 +351,46 @@ static void client_info(shim_t *shim, shim_client_t *c, uint64_t id)
     json_decref(info);
 }
 
+/* Checkpoint, restore, delete and export: a name (or path), maybe flags. */
+static void client_snapshot_op(shim_t *shim, shim_client_t *c, const blin_header_t *h,
+                               const uint8_t *payload)
+{
+    blin_cursor_t cur;
+    blin_cursor_init(&cur, payload, h->length);
+    cleanup_free char *arg = blin_get_string(&cur, 4096);
+    uint32_t flags = h->type == BLIN_SHIM_CHECKPOINT ? blin_get_u32(&cur) : 0;
+    if (cur.failed || arg == NULL) {
+        send_error(shim, c, h->request_id, EINVAL, "malformed request");
+        return;
+    }
+    bool is_name = h->type != BLIN_SHIM_EXPORT;
+    if (is_name && !blink_name_valid(arg)) {
+        send_error(shim, c, h->request_id, EINVAL, "bad checkpoint name");
+        return;
+    }
+
+    blink_error_t err = {0};
+    int rc;
+    switch (h->type) {
+    case BLIN_SHIM_CHECKPOINT:
+        rc = shim_checkpoint(shim, arg, (flags & 1) != 0, &err);
+        break;
+    case BLIN_SHIM_RESTORE:
+        rc = shim_restore(shim, arg, &err);
+        break;
+    case BLIN_SHIM_DELETE:
+        rc = shim_delete_checkpoint(shim, arg, &err);
+        break;
+    default:
+        rc = shim_copy_disk(shim, shim->disk_path, arg, &err);
+        break;
+    }
+    if (rc < 0)
+        send_error(shim, c, h->request_id, err.sys_errno ? err.sys_errno : EIO, err.message);
+    else
+        send_to_client(shim, c, h->type, h->request_id, NULL, 0);
+}
+
 static void client_frame(shim_t *shim, shim_client_t *c, const blin_header_t *h,
                          const uint8_t *payload)
 {
@@ -351,6 +407,12 @@ static void client_frame(shim_t *shim, shim_client_t *c, const blin_header_t *h,
         break;
     case BLIN_SHIM_STOP:
         shim_begin_stop(shim);
+        break;
+    case BLIN_SHIM_CHECKPOINT:
+    case BLIN_SHIM_RESTORE:
+    case BLIN_SHIM_DELETE:
+    case BLIN_SHIM_EXPORT:
+        client_snapshot_op(shim, c, h, payload);
         break;
     case BLIN_SHIM_EXEC_OPTIONS: {
         blin_cursor_t cur;

@@ -32,14 +32,19 @@ typedef struct shim_args {
     unsigned memory_mib;
     unsigned cpus;
     int ready_fd;
+    const char *loadvm; /* resume from this memory checkpoint instead of booting */
 } shim_args_t;
 
 static int parse_args(int argc, char **argv, shim_args_t *a)
 {
     static const struct option options[] = {
-        {"home", required_argument, NULL, 'h'},     {"name", required_argument, NULL, 'n'},
-        {"memory", required_argument, NULL, 'm'},   {"cpus", required_argument, NULL, 'c'},
-        {"ready-fd", required_argument, NULL, 'r'}, {NULL, 0, NULL, 0},
+        {"home", required_argument, NULL, 'h'},
+        {"name", required_argument, NULL, 'n'},
+        {"memory", required_argument, NULL, 'm'},
+        {"cpus", required_argument, NULL, 'c'},
+        {"ready-fd", required_argument, NULL, 'r'},
+        {"loadvm", required_argument, NULL, 'l'},
+        {NULL, 0, NULL, 0},
     };
     int opt;
     *a = (shim_args_t){.memory_mib = 512, .cpus = 1, .ready_fd = -1};
@@ -68,6 +73,11 @@ static int parse_args(int argc, char **argv, shim_args_t *a)
             if (!number || v > 1024)
                 return -1;
             a->ready_fd = (int)v;
+            break;
+        case 'l':
+            if (!blink_name_valid(optarg))
+                return -1;
+            a->loadvm = optarg;
             break;
         default:
             return -1;
@@ -147,11 +157,19 @@ static int boot(shim_t *shim, const shim_args_t *a, blink_t *blink, blink_error_
         .disk_path = disk,
         .control_port = true,
         .tmp_dir = blink->tmp_dir,
+        .loadvm = a->loadvm,
     };
     if (blink_vm_start(&config, &shim->vm, err) < 0)
         return -1;
     shim->vm->on_frame = shim_on_guest_frame;
     shim->vm->userdata = shim;
+
+    /* A resumed guest is past its Ready: it runs where the checkpoint left
+     * it and only needs the time. */
+    if (a->loadvm) {
+        shim->ready = true;
+        return shim_send_init(shim, err);
+    }
 
     uint64_t deadline = blink_now_ms() + 60000;
     const char *env = getenv("BLINK_BOOT_TIMEOUT");
@@ -257,7 +275,10 @@ int main(int argc, char **argv)
     blink_t *blink = blink_open(args.home, &err);
     cleanup_free char *db = blink_strdup_printf("%s/blink.db", args.home);
     cleanup_free char *sock = blink_strdup_printf("%s/sessions/%s/shim.sock", args.home, args.name);
+    cleanup_free char *disk =
+        blink_strdup_printf("%s/sessions/%s/disk.qcow2", args.home, args.name);
     shim.socket_path = sock;
+    shim.disk_path = disk;
     if (blink == NULL || db == NULL || sock == NULL ||
         blink_catalog_open(db, &shim.catalog, &err) < 0 ||
         (shim.listen_fd = listen_on(sock, &err)) < 0 || boot(&shim, &args, blink, &err) < 0) {
@@ -270,6 +291,8 @@ int main(int argc, char **argv)
         goto out;
     }
 
+    if (blink_catalog_execution_abandon(shim.catalog, args.name, &err) < 0)
+        log_warn("shim", "close out old executions: %s", err.message);
     record_state(&shim, BLINK_STATE_RUNNING, NULL);
     log_info("shim", "session %s running (qemu pid %d)", args.name, (int)shim.vm->pid);
     report_ready(&args.ready_fd, "ok", shim.boot_id);

@@ -57,6 +57,7 @@ typedef struct shim_transfer {
 
 typedef struct shim {
     const char *name;
+    const char *disk_path;
     const char *socket_path;
     blink_catalog_t *catalog;
     blink_vm_t *vm;
@@ -65,6 +66,7 @@ typedef struct shim {
     bool stopping;
     uint64_t stop_deadline_ms;
     char boot_id[64];
+    int freeze_reply; /* -1 waiting; 0 done; errno on failure */
     uint64_t next_guest_id;
     shim_client_t *clients[SHIM_MAX_CLIENTS];
     shim_execution_t executions[SHIM_MAX_EXECUTIONS];
@@ -85,5 +87,13 @@ void shim_enforce_timeouts(shim_t *shim);
 void shim_fail_all(shim_t *shim, const char *why);
 /* Starts a clean stop: Shutdown to the guest, bounded wait. */
 void shim_begin_stop(shim_t *shim);
+/* Sends Init (clock, host name): after Ready, and after a restore. */
+int shim_send_init(shim_t *shim, blink_error_t *err);
+
+/* checkpoint.c: snapshots of the running VM (docs/shim.md). */
+int shim_checkpoint(shim_t *shim, const char *name, bool memory, blink_error_t *err);
+int shim_restore(shim_t *shim, const char *name, blink_error_t *err);
+int shim_delete_checkpoint(shim_t *shim, const char *name, blink_error_t *err);
+int shim_copy_disk(shim_t *shim, const char *disk, const char *target, blink_error_t *err);
 
 #endif

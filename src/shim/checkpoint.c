@@ -1,0 +1,135 @@
+/* Checkpoints of a running VM, taken by the shim that owns its monitor.
+ *
+ * - Memory checkpoints use HMP `savevm`/`loadvm`/`delvm` through QMP's
+ *   human-monitor-command: the disk's internal snapshot and the VM's memory
+ *   and device state in one qcow2 snapshot. The VM pauses while it saves.
+ * - Disk-only checkpoints of a running VM: the guest syncs and freezes its
+ *   root filesystem (FIFREEZE), QMP blockdev-snapshot-internal-sync takes the
+ *   qcow2 snapshot, and the guest thaws. */
+#include "shim.h"
+
+#include <errno.h>
+#include <string.h>
+
+#define MONITOR_TIMEOUT_MS 300000
+#define FREEZE_TIMEOUT_MS  30000
+
+/* Runs an HMP command; HMP reports failure as text where success is silent. */
+static int hmp(shim_t *shim, const char *what, const char *name, blink_error_t *err)
+{
+    char line[128];
+    snprintf(line, sizeof(line), "%s %s", what, name);
+    json_t *args = json_pack("{s:s}", "command-line", line);
+    json_t *reply = NULL;
+    int rc = blink_qmp_execute(&shim->vm->qmp, "human-monitor-command", args, &reply,
+                               blink_now_ms() + MONITOR_TIMEOUT_MS, err);
+    json_decref(args);
+    if (rc < 0)
+        return -1;
+
+    const char *text = json_string_value(reply);
+    char message[512] = "";
+    if (text)
+        snprintf(message, sizeof(message), "%s", text);
+    json_decref(reply);
+    message[strcspn(message, "\r\n")] = '\0';
+    if (message[0])
+        return blink_fail(err, BLINK_E_VM, 0, "%s `%s`: %s", what, name, message);
+    return 0;
+}
+
+/* Asks the guest to freeze (or thaw) its root filesystem and waits for the
+ * answer, serving only the VM meanwhile. */
+static int guest_freeze(shim_t *shim, bool freeze, blink_error_t *err)
+{
+    uint8_t payload[4] = {freeze ? 1 : 0, 0, 0, 0};
+    shim->freeze_reply = -1;
+    if (blink_vm_send(shim->vm, BLIN_CTL_FREEZE, 0, payload, sizeof(payload), err) < 0)
+        return -1;
+
+    uint64_t deadline = blink_now_ms() + FREEZE_TIMEOUT_MS;
+    while (shim->freeze_reply < 0) {
+        if (shim->vm->exited || blink_now_ms() >= deadline)
+            return blink_fail(err, BLINK_E_TIMEOUT, 0, "the guest did not %s its filesystem",
+                              freeze ? "freeze" : "thaw");
+        if (blink_vm_pump(shim->vm, 200, err) < 0)
+            return -1;
+    }
+    if (shim->freeze_reply != 0)
+        return blink_fail(err, BLINK_E_VM, shim->freeze_reply, "%s the guest filesystem",
+                          freeze ? "freeze" : "thaw");
+    return 0;
+}
+
+static int disk_only(shim_t *shim, const char *name, blink_error_t *err)
+{
+    if (guest_freeze(shim, true, err) < 0)
+        return -1;
+    json_t *args = json_pack("{s:s, s:s}", "device", "root", "name", name);
+    int rc = blink_qmp_execute(&shim->vm->qmp, "blockdev-snapshot-internal-sync", args, NULL,
+                               blink_now_ms() + MONITOR_TIMEOUT_MS, err);
+    json_decref(args);
+    blink_error_t thaw_err;
+    if (guest_freeze(shim, false, &thaw_err) < 0) {
+        log_error("shim", "thaw after checkpoint: %s", thaw_err.message);
+        if (rc == 0)
+            *err = thaw_err;
+        return -1;
+    }
+    return rc;
+}
+
+int shim_checkpoint(shim_t *shim, const char *name, bool memory, blink_error_t *err)
+{
+    log_info("shim", "checkpoint `%s` (%s)", name, memory ? "memory" : "disk");
+    return memory ? hmp(shim, "savevm", name, err) : disk_only(shim, name, err);
+}
+
+int shim_restore(shim_t *shim, const char *name, blink_error_t *err)
+{
+    log_info("shim", "restore memory checkpoint `%s`", name);
+    if (hmp(shim, "loadvm", name, err) < 0)
+        return -1;
+
+    /* The guest is back at the checkpoint: what it had in flight then is
+     * all it knows. Executions started since are gone; bytes queued or half
+     * decoded belong to the abandoned timeline. */
+    shim_fail_all(shim, "the session was restored to a checkpoint");
+    blin_decoder_free(&shim->vm->decoder);
+    blin_decoder_init(&shim->vm->decoder, BLINK_CAP_BLIN_PAYLOAD);
+    shim->vm->send_queue.len = 0;
+    shim->vm->send_offset = 0;
+    return shim_send_init(shim, err);
+}
+
+int shim_delete_checkpoint(shim_t *shim, const char *name, blink_error_t *err)
+{
+    json_t *args = json_pack("{s:s, s:s}", "device", "root", "name", name);
+    int rc = blink_qmp_execute(&shim->vm->qmp, "blockdev-snapshot-delete-internal-sync", args, NULL,
+                               blink_now_ms() + MONITOR_TIMEOUT_MS, err);
+    json_decref(args);
+    return rc;
+}
+
+/* Copies the disk file while the VM is paused (QMP stop drains and flushes
+ * its I/O), after the guest synced and froze its filesystem. */
+int shim_copy_disk(shim_t *shim, const char *disk, const char *target, blink_error_t *err)
+{
+    if (guest_freeze(shim, true, err) < 0)
+        return -1;
+    int rc = blink_qmp_execute(&shim->vm->qmp, "stop", NULL, NULL,
+                               blink_now_ms() + MONITOR_TIMEOUT_MS, err);
+    if (rc == 0)
+        rc = blink_copy_file(disk, target, err);
+
+    blink_error_t resume_err;
+    if (blink_qmp_execute(&shim->vm->qmp, "cont", NULL, NULL, blink_now_ms() + 10000, &resume_err) <
+            0 ||
+        guest_freeze(shim, false, &resume_err) < 0) {
+        log_error("shim", "resume after disk copy: %s", resume_err.message);
+        if (rc == 0)
+            *err = resume_err;
+        return -1;
+    }
+    return rc;
+}
