@@ -9,14 +9,17 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/signalfd.h>
 #include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
 #define PROTOCOL_VERSION 1u
-#define HEARTBEAT_MAX 64u
-#define HOSTNAME_MAX 64u
+#define HEARTBEAT_MAX    64u
+#define HOSTNAME_MAX     64u
 
 /* Guest-to-host payloads are small (output chunks are 32 KiB), so frames are
  * assembled here and leave in one write. */
@@ -159,6 +162,49 @@ static void handle_init(uint64_t id, const uint8_t *payload, size_t len)
     free(hostname);
 }
 
+/* The root filesystem while the host takes a disk checkpoint: FIFREEZE
+ * writes out dirty data and holds new writes until FITHAW. If the host goes
+ * away meanwhile, the control port closes and power_off thaws first. */
+static int frozen_root_fd = -1;
+
+void control_thaw_root(void)
+{
+    if (frozen_root_fd < 0)
+        return;
+    if (ioctl(frozen_root_fd, FITHAW, 0) < 0)
+        log_warn_errno(errno, "thaw /");
+    close(frozen_root_fd);
+    frozen_root_fd = -1;
+}
+
+static void handle_freeze(uint64_t id, const uint8_t *payload, size_t len)
+{
+    blin_cursor_t c;
+
+    blin_cursor_init(&c, payload, len);
+    uint32_t freeze = blin_get_u32(&c);
+    if (c.failed || c.pos != c.len || freeze > 1) {
+        control_reply_error(id, EINVAL, "malformed freeze payload");
+        return;
+    }
+    if (freeze && frozen_root_fd < 0) {
+        sync();
+        int fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0 || ioctl(fd, FIFREEZE, 0) < 0) {
+            int err = errno;
+            if (fd >= 0)
+                close(fd);
+            control_reply_error(id, err, "freeze /");
+            return;
+        }
+        frozen_root_fd = fd;
+    } else if (!freeze) {
+        control_thaw_root();
+    }
+    uint8_t ok[4] = {0, 0, 0, 0};
+    control_send(BLIN_CTL_FREEZE, id, ok, sizeof(ok));
+}
+
 static void handle_shutdown(uint64_t id, const uint8_t *payload, size_t len)
 {
     blin_cursor_t c;
@@ -211,6 +257,9 @@ static void dispatch(const blin_header_t *header, const uint8_t *payload)
         break;
     case BLIN_CTL_SHUTDOWN:
         handle_shutdown(id, payload, len);
+        break;
+    case BLIN_CTL_FREEZE:
+        handle_freeze(id, payload, len);
         break;
     default:
         control_reply_error(id, ENOTSUP, "unexpected %s message from the host",

@@ -87,6 +87,8 @@ void agents_pressure_handle(void);
 /* Sends Ready, then serves the port until the host asks to shut down or goes
  * away. Never returns. */
 _Noreturn void control_serve(int port_fd, bool agents_cgroup);
+/* Undoes a checkpoint's filesystem freeze, if one is in force. */
+void control_thaw_root(void);
 
 /* Sends one frame. A failed write means the host is unreachable, so this
  * powers the VM off rather than returning an error. */

@@ -434,6 +434,8 @@ static void stop_all_processes(void)
 
 _Noreturn void power_off(void)
 {
+    /* sync() on a frozen filesystem would wait for a thaw that never comes. */
+    control_thaw_root();
     if (root_switched) {
         stop_all_processes();
         sync();
