@@ -27,8 +27,9 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 # Packages: the VM engine, the build, the image builder, the tests.
 packages=(
   qemu-system-x86 qemu-utils
-  gcc libc6-dev meson ninja-build pkg-config libjansson-dev libarchive-dev libssl-dev libsqlite3-dev
-  mmdebstrap e2fsprogs cpio
+  gcc libc6-dev meson ninja-build pkg-config
+  libjansson-dev libarchive-dev libssl-dev libsqlite3-dev
+  mmdebstrap e2fsprogs cpio zstd
   python3 python3-pytest valgrind
 )
 

@@ -2,14 +2,16 @@
  * a process-count limit, so an agent that fills memory or fork-bombs is
  * stopped there instead of taking PID 1 and the VM down with it.
  *
- * The kernel's OOM killer is the first line. Without swap it can fail to
- * fire: at the limit, reclaim keeps evicting the agent's own program text,
- * which the agent faults straight back in, and every pass that frees a page
+ * The kernel's OOM killer is the first line, but without swap it can come
+ * very late: at the limit, reclaim keeps evicting the agents' own program
+ * text, which they fault straight back in, and every pass that frees a page
  * counts as progress, so the charge is retried instead of going to the OOM
- * killer. Under TCG this livelock was seen lasting minutes. A PSI trigger on
- * the group's memory pressure is the second line: when the group is stalled
- * on memory while at its limit, the largest process in it is killed, as
- * systemd-oomd does for services. */
+ * killer. Under TCG each refault also retranslates the code, and this
+ * livelock was seen stalling the whole VM, PID 1 included, for minutes.
+ * So PID 1 acts at its onset: when the group hits its limit (a `max` event)
+ * with so much memory that cannot be reclaimed that only a few MiB are left
+ * for program text, the outcome is an OOM kill anyway, and PID 1 does it at
+ * once by killing the group's largest process. */
 #include "guest.h"
 #include "log.h"
 
@@ -28,18 +30,15 @@
 #define AGENTS_MEMORY_MIN (32ull << 20)
 #define AGENTS_PIDS_MAX "4096"
 
-/* PSI trigger: all of the group's tasks stalled on memory for 1 s of a 2 s
- * window. A program streaming through files at its limit does not stall like
- * this; only one whose working set no longer fits does. */
-#define PRESSURE_TRIGGER "full 1000000 2000000"
-
-/* "At the limit": reclaim keeps a thrashing group within a few pages of it. */
-#define NEAR_LIMIT (4ull << 20)
+/* Room below the limit for what reclaim can still take, chiefly the program
+ * text of the running agents; with less than this the group thrashes. */
+#define RECLAIMABLE_FLOOR (8ull << 20)
 
 /* cgroup.procs is read in one bounded buffer; pids.max keeps it under this. */
 #define PROCS_BUFFER (64u << 10)
 
-static uint64_t pressure_kills;
+static uint64_t watch_kills;
+static pid_t last_victim;
 
 /* A field of /proc/meminfo such as "MemAvailable:" in bytes, or 0. */
 static uint64_t meminfo_bytes(const char *name)
@@ -123,19 +122,22 @@ uint64_t agents_oom_kills(void)
         if (line != NULL)
             kernel_kills = strtoull(line + strlen("\noom_kill "), NULL, 10);
     }
-    return kernel_kills + pressure_kills;
+    return kernel_kills + watch_kills;
 }
 
-int agents_pressure_open(void)
+int agents_watch_open(void)
 {
-    int fd = open(AGENTS_CGROUP "/memory.pressure", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    char events[1024];
+
+    int fd = open(AGENTS_CGROUP "/memory.events", O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) {
-        log_warn_errno(errno, "open %s/memory.pressure", AGENTS_CGROUP);
+        log_warn_errno(errno, "open %s/memory.events", AGENTS_CGROUP);
         return -1;
     }
-    /* The trigger includes its terminating NUL, as the PSI interface asks. */
-    if (write(fd, PRESSURE_TRIGGER, sizeof(PRESSURE_TRIGGER)) < 0) {
-        log_warn_errno(errno, "set memory pressure trigger `%s`", PRESSURE_TRIGGER);
+    /* Reading the file arms it: poll reports POLLPRI once it changes after
+     * the last read (kernfs notification). */
+    if (pread(fd, events, sizeof(events), 0) < 0) {
+        log_warn_errno(errno, "read %s/memory.events", AGENTS_CGROUP);
         close(fd);
         return -1;
     }
@@ -186,15 +188,54 @@ static pid_t largest_agent(uint64_t *pages)
     return victim;
 }
 
-void agents_pressure_handle(void)
+/* The value of `name` in memory.stat text (lines `name value`), or 0. */
+static uint64_t stat_field(const char *stat, const char *name)
 {
-    uint64_t current = read_cgroup_number(AGENTS_CGROUP "/memory.current");
-    uint64_t max = read_cgroup_number(AGENTS_CGROUP "/memory.max");
+    size_t len = strlen(name);
 
-    if (max == UINT64_MAX || current + NEAR_LIMIT < max) {
-        log_debug("agents memory pressure at %llu of %llu bytes: below the limit, no action",
-                  (unsigned long long)current, (unsigned long long)max);
+    for (const char *line = stat; *line;) {
+        if (strncmp(line, name, len) == 0 && line[len] == ' ')
+            return strtoull(line + len + 1, NULL, 10);
+        line += strcspn(line, "\n");
+        line += *line == '\n';
+    }
+    return 0;
+}
+
+/* Memory of the group that reclaim cannot take back, there being no swap:
+ * anonymous and shared memory, and kernel memory but reclaimable slab. */
+static uint64_t unreclaimable_bytes(void)
+{
+    char stat[4096];
+
+    if (read_small_file(AGENTS_CGROUP "/memory.stat", stat, sizeof(stat)) < 0)
+        return 0;
+    uint64_t kernel = stat_field(stat, "kernel");
+    uint64_t reclaimable_slab = stat_field(stat, "slab_reclaimable");
+    if (reclaimable_slab > kernel)
+        reclaimable_slab = kernel;
+    return stat_field(stat, "anon") + stat_field(stat, "shmem") + kernel - reclaimable_slab;
+}
+
+void agents_watch_handle(int fd)
+{
+    char events[1024];
+
+    /* Re-arm the notification before looking, so no change is missed. */
+    if (pread(fd, events, sizeof(events), 0) < 0)
         return;
+
+    uint64_t max = read_cgroup_number(AGENTS_CGROUP "/memory.max");
+    uint64_t stuck = unreclaimable_bytes();
+    if (max == UINT64_MAX || stuck + RECLAIMABLE_FLOOR < max)
+        return;
+
+    /* The last victim may still be releasing its memory. */
+    if (last_victim > 0 && kill(last_victim, 0) == 0) {
+        char pid[16];
+        format_text_args(pid, sizeof(pid), "%d", (int)last_victim);
+        if (resident_pages(pid) > 0)
+            return;
     }
 
     uint64_t pages;
@@ -202,10 +243,13 @@ void agents_pressure_handle(void)
     if (victim <= 1)
         return;
     if (kill(victim, SIGKILL) < 0) {
-        log_warn_errno(errno, "kill pid %d of the thrashing agents group", (int)victim);
+        log_warn_errno(errno, "kill pid %d of the agents group", (int)victim);
         return;
     }
-    pressure_kills++;
-    log_warn("agents group stalled at its memory limit: killed pid %d (%llu KiB resident)",
-             (int)victim, (unsigned long long)(pages * (uint64_t)sysconf(_SC_PAGESIZE) / 1024));
+    last_victim = victim;
+    watch_kills++;
+    log_warn("agents group out of memory (%llu of %llu bytes cannot be reclaimed): "
+             "killed pid %d, %llu KiB resident",
+             (unsigned long long)stuck, (unsigned long long)max, (int)victim,
+             (unsigned long long)(pages * (uint64_t)sysconf(_SC_PAGESIZE) / 1024));
 }

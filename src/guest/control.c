@@ -325,13 +325,13 @@ static void drain_signal_fd(int fd)
 
 _Noreturn void control_serve(int port_fd, bool agents_cgroup)
 {
-    enum { CONTROL, CHILDREN, PRESSURE, FIRST_EXEC };
+    enum { CONTROL, CHILDREN, MEMORY, FIRST_EXEC };
     static struct pollfd fds[FIRST_EXEC + 3 * GUEST_MAX_EXECUTIONS];
     blin_decoder_t decoder;
 
     control_fd = port_fd;
     int signal_fd = open_child_signal_fd();
-    int pressure_fd = agents_cgroup ? agents_pressure_open() : -1;
+    int memory_fd = agents_cgroup ? agents_watch_open() : -1;
     blin_decoder_init(&decoder, BLINK_CAP_BLIN_PAYLOAD);
     exec_init(agents_cgroup);
     send_ready();
@@ -339,7 +339,7 @@ _Noreturn void control_serve(int port_fd, bool agents_cgroup)
     for (;;) {
         fds[CONTROL] = (struct pollfd){.fd = control_fd, .events = POLLIN};
         fds[CHILDREN] = (struct pollfd){.fd = signal_fd, .events = POLLIN};
-        fds[PRESSURE] = (struct pollfd){.fd = pressure_fd, .events = POLLPRI};
+        fds[MEMORY] = (struct pollfd){.fd = memory_fd, .events = POLLPRI};
         size_t exec_count = exec_poll_prepare(fds + FIRST_EXEC, 3 * GUEST_MAX_EXECUTIONS);
 
         if (poll(fds, FIRST_EXEC + exec_count, -1) < 0) {
@@ -349,11 +349,11 @@ _Noreturn void control_serve(int port_fd, bool agents_cgroup)
             power_off();
         }
 
-        /* A stalled agents group first, as it slows everything else; then
-         * output, then exits, so an Exit follows the output the poll saw;
-         * then the host's requests. */
-        if (fds[PRESSURE].revents & POLLPRI)
-            agents_pressure_handle();
+        /* An agents group out of memory first, as it soon slows everything
+         * else; then output, then exits, so an Exit follows the output the
+         * poll saw; then the host's requests. */
+        if (fds[MEMORY].revents & POLLPRI)
+            agents_watch_handle(memory_fd);
         exec_poll_handle(fds + FIRST_EXEC, exec_count);
         if (fds[CHILDREN].revents) {
             drain_signal_fd(signal_fd);

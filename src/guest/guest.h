@@ -74,13 +74,14 @@ _Noreturn void power_off(void);
 
 /* Creates the agents control group; false when agents run unconfined. */
 bool setup_agents_cgroup(void);
-/* Processes of the group the kernel's OOM killer or the pressure watch
+/* Processes of the group the kernel's OOM killer or the memory watch
  * killed so far; compared before and after an execution. */
 uint64_t agents_oom_kills(void);
-/* An fd that polls POLLPRI when the group stalls on memory, or -1. */
-int agents_pressure_open(void);
-/* Kills the group's largest process if the group is stalled at its limit. */
-void agents_pressure_handle(void);
+/* An fd that polls POLLPRI when the group's memory events change, or -1. */
+int agents_watch_open(void);
+/* Kills the group's largest process when the group is at its limit with
+ * almost nothing left to reclaim (see agents.c). */
+void agents_watch_handle(int fd);
 
 /* ---- control.c: the control port ---- */
 

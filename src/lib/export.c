@@ -5,9 +5,11 @@
 
 #include <archive.h>
 #include <archive_entry.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <signal.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <string.h>
@@ -253,6 +255,28 @@ static char *stable_disk(session_ctx_t *s, blink_session_row_t *row, bool *is_co
     return copy;
 }
 
+/* Leftovers of exports whose process died: temporary archives next to the
+ * output ("*.partial-PID") and disk copies in BLINK_HOME/tmp. */
+static void reap_stale_exports(const char *dir, const char *marker)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return;
+    struct dirent *entry;
+    while ((entry = readdir(d)) != NULL) {
+        const char *at = strstr(entry->d_name, marker);
+        int pid = 0;
+        if (at == NULL || sscanf(at + strlen(marker), "%d", &pid) != 1 || pid <= 0)
+            continue;
+        if (kill(pid, 0) == 0 || errno == EPERM)
+            continue;
+        cleanup_free char *path = blink_strdup_printf("%s/%s", dir, entry->d_name);
+        if (path && unlink(path) == 0)
+            log_info("export", "removed `%s` left by a killed export", path);
+    }
+    closedir(d);
+}
+
 static char *default_output(blink_t *blink, const char *name, blink_error_t *err)
 {
     char stamp[32];
@@ -286,6 +310,14 @@ int blink_session_export(blink_t *blink, const char *name, const blink_transfer_
         blink_catalog_session_get(s.catalog, name, &row, err) < 0)
         goto out;
     output = o->output ? strdup(o->output) : default_output(blink, name, err);
+    if (output) {
+        cleanup_free char *out_dir = strdup(output);
+        char *slash = out_dir ? strrchr(out_dir, '/') : NULL;
+        if (slash)
+            *slash = '\0';
+        reap_stale_exports(slash ? out_dir : ".", ".partial-");
+        reap_stale_exports(blink->tmp_dir, "export-");
+    }
     partial = output ? blink_strdup_printf("%s.partial-%d", output, (int)getpid()) : NULL;
     if (partial == NULL) {
         blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "export");

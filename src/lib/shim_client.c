@@ -4,26 +4,60 @@
 #include "caps.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
+int blink_unix_address(const char *path, struct sockaddr_un *addr, int *dir_fd, blink_error_t *err)
+{
+    memset(addr, 0, sizeof(*addr));
+    addr->sun_family = AF_UNIX;
+    *dir_fd = -1;
+    size_t len = strlen(path);
+    if (len < sizeof(addr->sun_path)) {
+        memcpy(addr->sun_path, path, len + 1);
+        return 0;
+    }
+
+    /* sun_path holds 107 bytes; a deep BLINK_HOME needs more. The folder is
+     * opened and named through its descriptor's /proc link instead. */
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL || strlen(slash) > 64)
+        return blink_fail(err, BLINK_E_INVALID, 0, "socket path `%s` is too long", path);
+    cleanup_free char *dir = strndup(path, (size_t)(slash - path));
+    if (dir == NULL)
+        return blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "socket path");
+    *dir_fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (*dir_fd < 0)
+        return blink_fail(err, BLINK_E_NOT_FOUND, errno, "open `%s`", dir);
+    snprintf(addr->sun_path, sizeof(addr->sun_path), "/proc/self/fd/%d%s", *dir_fd, slash);
+    return 0;
+}
+
 int blink_shim_connect(const char *path, blink_shim_conn_t *conn, blink_error_t *err)
 {
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    struct sockaddr_un addr;
+    int dir_fd;
     memset(conn, 0, sizeof(*conn));
     conn->fd = -1;
-    if (strlen(path) >= sizeof(addr.sun_path))
-        return blink_fail(err, BLINK_E_INVALID, 0, "shim socket path `%s` is too long", path);
-    memcpy(addr.sun_path, path, strlen(path) + 1);
+    if (blink_unix_address(path, &addr, &dir_fd, err) < 0)
+        return -1;
 
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return blink_fail(err, BLINK_E_IO, errno, "create socket");
-    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+    if (fd < 0) {
         int e = errno;
+        if (dir_fd >= 0)
+            close(dir_fd);
+        return blink_fail(err, BLINK_E_IO, e, "create socket");
+    }
+    int rc = connect(fd, (struct sockaddr *)&addr, sizeof(addr));
+    int e = errno;
+    if (dir_fd >= 0)
+        close(dir_fd);
+    if (rc < 0) {
         close(fd);
         return blink_fail(err, BLINK_E_NOT_FOUND, e, "connect to shim `%s`", path);
     }

@@ -6,6 +6,14 @@
 
 #include "blin.h"
 
+struct sockaddr_un;
+
+/* Fills a Unix socket address for `path`, however long: a path too long for
+ * sun_path is reached through an O_PATH descriptor of its folder, returned in
+ * *dir_fd (-1 otherwise) for the caller to close after bind or connect. */
+int blink_unix_address(const char *path, struct sockaddr_un *addr, int *dir_fd,
+                       blink_error_t *err);
+
 typedef struct blink_shim_conn {
     int fd;
     blin_decoder_t decoder;

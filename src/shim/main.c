@@ -8,6 +8,7 @@
  * starter waits on --ready-fd for one line: "ok BOOT_ID" or "error TEXT". */
 #include "context.h"
 #include "shim.h"
+#include "shim_client.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -97,20 +98,22 @@ static void report_ready(int *fd, const char *status, const char *text)
 
 static int listen_on(const char *path, blink_error_t *err)
 {
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof(addr.sun_path))
-        return blink_fail(err, BLINK_E_INVALID, 0,
-                          "socket path `%s` is longer than %zu bytes: use a shorter BLINK_HOME",
-                          path, sizeof(addr.sun_path) - 1);
-    memcpy(addr.sun_path, path, strlen(path) + 1);
+    struct sockaddr_un addr;
+    int dir_fd;
+    if (blink_unix_address(path, &addr, &dir_fd, err) < 0)
+        return -1;
 
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0)
-        return blink_fail(err, BLINK_E_IO, errno, "create shim socket");
+    int rc = fd < 0 ? -1 : 0;
     unlink(path);
-    if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 || listen(fd, 64) < 0) {
-        int e = errno;
-        close(fd);
+    if (rc == 0 && (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 || listen(fd, 64) < 0))
+        rc = -1;
+    int e = errno;
+    if (dir_fd >= 0)
+        close(dir_fd);
+    if (rc < 0) {
+        if (fd >= 0)
+            close(fd);
         return blink_fail(err, BLINK_E_IO, e, "listen on `%s`", path);
     }
     return fd;
