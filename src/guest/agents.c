@@ -217,34 +217,38 @@ static uint64_t unreclaimable_bytes(void)
     return stat_field(stat, "anon") + stat_field(stat, "shmem") + kernel - reclaimable_slab;
 }
 
-void agents_watch_handle(int fd)
+bool agents_watch_handle(int fd)
 {
     char events[1024];
 
-    /* Re-arm the notification before looking, so no change is missed. */
-    if (pread(fd, events, sizeof(events), 0) < 0)
-        return;
+    /* Re-arm the notification before looking, so no change is missed. A
+     * file that cannot be read any more (the group was removed) would
+     * report POLLERR forever: stop watching it. */
+    if (pread(fd, events, sizeof(events), 0) < 0) {
+        log_warn_errno(errno, "read %s/memory.events; memory watch stopped", AGENTS_CGROUP);
+        return false;
+    }
 
     uint64_t max = read_cgroup_number(AGENTS_CGROUP "/memory.max");
     uint64_t stuck = unreclaimable_bytes();
     if (max == UINT64_MAX || stuck + RECLAIMABLE_FLOOR < max)
-        return;
+        return true;
 
     /* The last victim may still be releasing its memory. */
     if (last_victim > 0 && kill(last_victim, 0) == 0) {
         char pid[16];
         format_text_args(pid, sizeof(pid), "%d", (int)last_victim);
         if (resident_pages(pid) > 0)
-            return;
+            return true;
     }
 
     uint64_t pages;
     pid_t victim = largest_agent(&pages);
     if (victim <= 1)
-        return;
+        return true;
     if (kill(victim, SIGKILL) < 0) {
         log_warn_errno(errno, "kill pid %d of the agents group", (int)victim);
-        return;
+        return true;
     }
     last_victim = victim;
     watch_kills++;
@@ -252,4 +256,5 @@ void agents_watch_handle(int fd)
              "killed pid %d, %llu KiB resident",
              (unsigned long long)stuck, (unsigned long long)max, (int)victim,
              (unsigned long long)(pages * (uint64_t)sysconf(_SC_PAGESIZE) / 1024));
+    return true;
 }

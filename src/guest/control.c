@@ -352,8 +352,11 @@ _Noreturn void control_serve(int port_fd, bool agents_cgroup)
         /* An agents group out of memory first, as it soon slows everything
          * else; then output, then exits, so an Exit follows the output the
          * poll saw; then the host's requests. */
-        if (fds[MEMORY].revents & POLLPRI)
-            agents_watch_handle(memory_fd);
+        if ((fds[MEMORY].revents & (POLLPRI | POLLERR | POLLNVAL)) &&
+            !agents_watch_handle(memory_fd)) {
+            close(memory_fd);
+            memory_fd = -1;
+        }
         exec_poll_handle(fds + FIRST_EXEC, exec_count);
         if (fds[CHILDREN].revents) {
             drain_signal_fd(signal_fd);

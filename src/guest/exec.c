@@ -5,7 +5,6 @@
 #include "log.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -14,10 +13,6 @@
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
-
-#define EXEC_FLAG_PTY 0x1u
-#define EXEC_FLAG_STDIN_PIPE 0x2u
-#define EXEC_FLAGS_KNOWN (EXEC_FLAG_PTY | EXEC_FLAG_STDIN_PIPE)
 
 /* virtio_console accepts at most 32 KiB per write(2). A chunk this size plus
  * its header is exactly one such write, so every output frame is one buffer
@@ -32,15 +27,6 @@
 
 /* VEOF of a terminal in canonical mode: an empty Stdin on a PTY sends it. */
 #define TERMINAL_EOF_CHAR '\x04'
-
-typedef struct exec_request {
-    uint32_t flags;
-    uint16_t rows;
-    uint16_t cols;
-    char *cwd;
-    char **argv; /* NULL-terminated */
-    char **envp; /* NULL-terminated */
-} exec_request_t;
 
 typedef struct execution {
     bool used;
@@ -61,25 +47,6 @@ typedef struct execution {
     int wait_status;
 } execution_t;
 
-/* What the child needs between fork and exec; its own ends of the stdio. */
-typedef struct child_plan {
-    const exec_request_t *request;
-    int stdin_fd;
-    int stdout_fd;
-    int stderr_fd;
-    int pty_slave; /* replaces the three above when >= 0 */
-    int report_fd; /* close-on-exec: EOF means exec succeeded */
-    bool join_cgroup;
-} child_plan_t;
-
-/* Sent by the child through report_fd when it cannot run the program. */
-typedef struct child_failure {
-    int32_t stage;
-    int32_t err;
-} child_failure_t;
-
-enum { STAGE_SETUP = 1, STAGE_CHDIR, STAGE_EXEC };
-
 typedef enum stream { STREAM_STDOUT, STREAM_STDERR, STREAM_STDIN, STREAM_PTY } stream_t;
 
 typedef struct poll_ref {
@@ -94,8 +61,6 @@ static bool agents_cgroup_ready;
 static size_t stdin_queued_total;
 /* Output is read straight behind a header so each frame leaves in one write. */
 static uint8_t output_frame[BLIN_HEADER_SIZE + OUTPUT_READ_MAX];
-
-extern char **environ;
 
 void exec_init(bool agents_cgroup)
 {
@@ -131,223 +96,6 @@ static execution_t *claim_free_slot(void)
     return NULL;
 }
 
-static void close_fd(int *fd)
-{
-    if (*fd >= 0) {
-        close(*fd);
-        *fd = -1;
-    }
-}
-
-/* ---- request parsing ---- */
-
-static void free_string_list(char **list)
-{
-    if (list == NULL)
-        return;
-    for (char **p = list; *p; p++)
-        free(*p);
-    free(list);
-}
-
-static void exec_request_free(exec_request_t *r)
-{
-    free(r->cwd);
-    free_string_list(r->argv);
-    free_string_list(r->envp);
-}
-
-/* Reads `u32 count` and that many strings into a NULL-terminated array. */
-static char **get_string_list(blin_cursor_t *c, uint32_t min_count)
-{
-    uint32_t count = blin_get_u32(c);
-    if (c->failed)
-        return NULL;
-
-    /* Every string takes at least its 4-byte length, so a count the payload
-     * cannot hold is refused before the array is allocated. */
-    if (count < min_count || count > BLINK_CAP_EXEC_STRINGS || count > (c->len - c->pos) / 4) {
-        c->failed = true;
-        return NULL;
-    }
-    char **list = calloc((size_t)count + 1, sizeof(*list));
-    if (list == NULL) {
-        c->failed = true;
-        return NULL;
-    }
-    for (uint32_t i = 0; i < count; i++) {
-        list[i] = blin_get_string(c, BLINK_CAP_EXEC_STRING);
-        if (list[i] == NULL) {
-            free_string_list(list);
-            return NULL;
-        }
-    }
-    return list;
-}
-
-/* Fills `r` from an Exec payload. NULL on success, else what is wrong. */
-static const char *parse_exec_request(const uint8_t *payload, size_t len, exec_request_t *r)
-{
-    blin_cursor_t c;
-
-    memset(r, 0, sizeof(*r));
-    blin_cursor_init(&c, payload, len);
-    r->flags = blin_get_u32(&c);
-    r->rows = blin_get_u16(&c);
-    r->cols = blin_get_u16(&c);
-    r->cwd = blin_get_string(&c, BLINK_CAP_EXEC_STRING);
-    if (!c.failed)
-        r->argv = get_string_list(&c, 1);
-    if (!c.failed)
-        r->envp = get_string_list(&c, 0);
-    if (c.failed || c.pos != c.len)
-        return "malformed exec payload";
-
-    if (r->flags & ~EXEC_FLAGS_KNOWN)
-        return "unknown exec flags";
-    if (r->argv[0][0] == '\0')
-        return "empty program name";
-    for (char **env = r->envp; *env; env++)
-        if ((*env)[0] == '=' || strchr(*env, '=') == NULL)
-            return "environment entry not of the form KEY=VALUE";
-    return NULL;
-}
-
-/* ---- the child, between fork and exec: async-signal-safe calls only ---- */
-
-static _Noreturn void child_fail(int report_fd, int stage, int err, int exit_code)
-{
-    child_failure_t failure = {.stage = stage, .err = err};
-
-    /* If even this fails the exit code still tells the host. */
-    ssize_t unused = write(report_fd, &failure, sizeof(failure));
-    (void)unused;
-    _exit(exit_code);
-}
-
-static void reset_signals(void)
-{
-    struct sigaction default_action = {.sa_handler = SIG_DFL};
-    sigset_t none;
-
-    for (int sig = 1; sig < NSIG; sig++)
-        if (sig != SIGKILL && sig != SIGSTOP)
-            sigaction(sig, &default_action, NULL);
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-}
-
-static void setup_child_stdio(const child_plan_t *plan)
-{
-    int in = plan->stdin_fd, out = plan->stdout_fd, err = plan->stderr_fd;
-
-    if (plan->pty_slave >= 0) {
-        /* The slave was opened with O_NOCTTY; claim it for the new session. */
-        if (ioctl(plan->pty_slave, TIOCSCTTY, 0) < 0)
-            child_fail(plan->report_fd, STAGE_SETUP, errno, 126);
-        in = out = err = plan->pty_slave;
-    }
-    /* blink-guest keeps fds 0-2 on /dev/null, so these never alias. */
-    if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
-        child_fail(plan->report_fd, STAGE_SETUP, errno, 126);
-
-    /* Every fd of blink-guest is close-on-exec already; this makes sure the
-     * program inherits nothing but its stdio even if one was missed. */
-    close_range(3, ~0u, CLOSE_RANGE_CLOEXEC);
-}
-
-static _Noreturn void run_child(const child_plan_t *plan)
-{
-    const exec_request_t *r = plan->request;
-    const char *cwd = r->cwd[0] ? r->cwd : "/";
-
-    if (setsid() < 0)
-        child_fail(plan->report_fd, STAGE_SETUP, errno, 126);
-    setup_child_stdio(plan);
-
-    /* Children inherit PID 1's -1000, which would make agents unkillable by
-     * the OOM killer; raising it back needs no privilege. */
-    int rc = write_small_file("/proc/self/oom_score_adj", "0");
-    if (rc < 0)
-        log_warn_errno(-rc, "reset oom_score_adj of pid %d", (int)getpid());
-    if (plan->join_cgroup) {
-        rc = write_small_file(AGENTS_CGROUP "/cgroup.procs", "0");
-        if (rc < 0)
-            log_warn_errno(-rc, "move pid %d into %s", (int)getpid(), AGENTS_CGROUP);
-    }
-
-    if (chdir(cwd) < 0)
-        child_fail(plan->report_fd, STAGE_CHDIR, errno, 126);
-    reset_signals();
-
-    /* execvpe searches the PATH of the current environment: make it the
-     * requested one, as a shell given this environment would. */
-    environ = r->envp;
-    execvpe(r->argv[0], r->argv, r->envp);
-    int err = errno;
-    child_fail(plan->report_fd, STAGE_EXEC, err, err == ENOENT ? 127 : 126);
-}
-
-/* ---- starting ---- */
-
-static int open_terminal(execution_t *e, child_plan_t *plan, const exec_request_t *r)
-{
-    char slave_path[64];
-    struct winsize size = {.ws_row = r->rows, .ws_col = r->cols};
-
-    e->pty_fd = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
-    if (e->pty_fd < 0)
-        return -errno;
-    if (grantpt(e->pty_fd) < 0 || unlockpt(e->pty_fd) < 0)
-        return -errno;
-    int rc = ptsname_r(e->pty_fd, slave_path, sizeof(slave_path));
-    if (rc != 0)
-        return -rc;
-    if (ioctl(e->pty_fd, TIOCSWINSZ, &size) < 0)
-        return -errno;
-
-    /* Opened here rather than in the child, so the terminal is never without
-     * a slave (a master then reads EIO) before the child has it. */
-    plan->pty_slave = open(slave_path, O_RDWR | O_NOCTTY | O_CLOEXEC);
-    if (plan->pty_slave < 0)
-        return -errno;
-    return set_nonblocking(e->pty_fd);
-}
-
-static int open_pipe(int *parent_end, int *child_end, bool parent_reads)
-{
-    int ends[2];
-
-    if (pipe2(ends, O_CLOEXEC) < 0)
-        return -errno;
-    *parent_end = parent_reads ? ends[0] : ends[1];
-    *child_end = parent_reads ? ends[1] : ends[0];
-    return set_nonblocking(*parent_end);
-}
-
-static int open_pipes(execution_t *e, child_plan_t *plan, bool stdin_pipe)
-{
-    int rc = open_pipe(&e->stdout_fd, &plan->stdout_fd, true);
-    if (rc == 0)
-        rc = open_pipe(&e->stderr_fd, &plan->stderr_fd, true);
-    if (rc < 0)
-        return rc;
-    if (stdin_pipe)
-        return open_pipe(&e->stdin_fd, &plan->stdin_fd, false);
-
-    plan->stdin_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    return plan->stdin_fd < 0 ? -errno : 0;
-}
-
-static void close_child_ends(child_plan_t *plan)
-{
-    close_fd(&plan->stdin_fd);
-    close_fd(&plan->stdout_fd);
-    close_fd(&plan->stderr_fd);
-    close_fd(&plan->pty_slave);
-    close_fd(&plan->report_fd);
-}
-
 static void close_parent_ends(execution_t *e)
 {
     close_fd(&e->pty_fd);
@@ -356,109 +104,46 @@ static void close_parent_ends(execution_t *e)
     close_fd(&e->stdin_fd);
 }
 
-/* Tells the host, on the execution's stderr, why its program did not run. */
-static void send_child_failure(execution_t *e, const exec_request_t *r,
-                               const child_failure_t *failure)
-{
-    char message[PATH_MAX + 256];
-    size_t len;
-
-    if (failure->stage == STAGE_EXEC)
-        len = format_text_args(message, sizeof(message), "blink-guest: cannot execute `%s`: %s\n",
-                               r->argv[0], errno_text(failure->err));
-    else if (failure->stage == STAGE_CHDIR)
-        len = format_text_args(message, sizeof(message),
-                               "blink-guest: cannot change directory to `%s`: %s\n", r->cwd,
-                               errno_text(failure->err));
-    else
-        len = format_text_args(message, sizeof(message),
-                               "blink-guest: cannot set up the process: %s\n",
-                               errno_text(failure->err));
-    control_send(BLIN_STDERR, e->id, message, len);
-}
-
-/* Waits for the child to exec (the report pipe closes) or to report why it
- * could not. Returns true when it reported a failure. */
-static bool await_exec(int report_fd, child_failure_t *failure)
-{
-    size_t have = 0;
-
-    while (have < sizeof(*failure)) {
-        ssize_t n = read(report_fd, (char *)failure + have, sizeof(*failure) - have);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        have += (size_t)n;
-    }
-    return have == sizeof(*failure);
-}
+/* ---- starting ---- */
 
 static void start_execution(execution_t *e, uint64_t id, const exec_request_t *r)
 {
-    child_plan_t plan = {
-        .request = r,
-        .stdin_fd = -1,
-        .stdout_fd = -1,
-        .stderr_fd = -1,
-        .pty_slave = -1,
-        .report_fd = -1,
-        .join_cgroup = agents_cgroup_ready,
-    };
-    int report[2] = {-1, -1};
-    int rc;
+    char failure[PATH_MAX + 256];
+    spawned_t process;
 
-    if (r->flags & EXEC_FLAG_PTY)
-        rc = open_terminal(e, &plan, r);
-    else
-        rc = open_pipes(e, &plan, r->flags & EXEC_FLAG_STDIN_PIPE);
-    if (rc == 0 && pipe2(report, O_CLOEXEC) < 0)
-        rc = -errno;
-    if (rc < 0) {
-        close_child_ends(&plan);
-        close_parent_ends(e);
-        close_fd(&report[0]);
-        control_reply_error(id, -rc, "set up stdio of `%s`", r->argv[0]);
-        return;
-    }
-    plan.report_fd = report[1];
     e->oom_kills_at_start = agents_cgroup_ready ? agents_oom_kills() : 0;
-
-    pid_t pid = fork();
-    if (pid == 0)
-        run_child(&plan);
-    int fork_err = errno;
-    close_child_ends(&plan);
-    if (pid < 0) {
-        close_parent_ends(e);
-        close_fd(&report[0]);
-        control_reply_error(id, fork_err, "fork for `%s`", r->argv[0]);
+    int rc = spawn_process(r, agents_cgroup_ready, &process, failure, sizeof(failure));
+    if (rc < 0) {
+        control_reply_error(id, -rc, "start `%s`", r->argv[0]);
         return;
     }
-
     e->used = true;
     e->id = id;
-    e->pid = pid;
-
-    child_failure_t failure;
-    bool failed = await_exec(report[0], &failure);
-    close_fd(&report[0]);
+    e->pid = process.pid;
+    e->pty_fd = process.pty_fd;
+    e->stdout_fd = process.stdout_fd;
+    e->stderr_fd = process.stderr_fd;
+    e->stdin_fd = process.stdin_fd;
 
     blin_writer_t w;
     blin_writer_init(&w);
-    blin_put_u32(&w, (uint32_t)pid);
+    blin_put_u32(&w, (uint32_t)process.pid);
     control_send_writer(BLIN_CTL_STARTED, id, &w);
     blin_writer_free(&w);
-    if (failed)
-        send_child_failure(e, r, &failure);
-    log_debug("execution %llu: pid %d runs `%s`", (unsigned long long)id, (int)pid, r->argv[0]);
+
+    /* A program that could not run says why on its stderr, as with a shell;
+     * its Exit (126 or 127) follows when the child is reaped. */
+    if (failure[0] != '\0')
+        control_send(BLIN_STDERR, id, failure, strlen(failure));
+    log_debug("execution %llu: pid %d runs `%s`", (unsigned long long)id, (int)process.pid,
+              r->argv[0]);
 }
 
 void exec_handle_exec(uint64_t id, const uint8_t *payload, size_t len)
 {
     exec_request_t request;
 
-    const char *problem = parse_exec_request(payload, len, &request);
+    const char *problem = exec_request_parse(payload, len, &request);
     if (problem != NULL) {
         control_reply_error(id, EINVAL, "%s", problem);
     } else if (find_execution(id) != NULL) {

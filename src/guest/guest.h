@@ -46,6 +46,8 @@ int write_small_file(const char *path, const char *text);
 int ensure_directory(const char *path, mode_t mode);
 /* Creates every missing parent directory of `path` with `mode`. */
 int make_parent_directories(const char *path, mode_t mode);
+/* Closes *fd if open and marks it closed (-1). */
+void close_fd(int *fd);
 int set_nonblocking(int fd);
 /* Milliseconds of CLOCK_MONOTONIC, for deadlines. */
 uint64_t monotonic_ms(void);
@@ -80,8 +82,9 @@ uint64_t agents_oom_kills(void);
 /* An fd that polls POLLPRI when the group's memory events change, or -1. */
 int agents_watch_open(void);
 /* Kills the group's largest process when the group is at its limit with
- * almost nothing left to reclaim (see agents.c). */
-void agents_watch_handle(int fd);
+ * almost nothing left to reclaim (see agents.c). False when the fd is no
+ * longer usable and is to be closed. */
+bool agents_watch_handle(int fd);
 
 /* ---- control.c: the control port ---- */
 
@@ -101,6 +104,43 @@ void control_send_writer(uint8_t type, uint64_t request_id, blin_writer_t *w);
 /* Sends Error (errno and message) for a request and logs it as a warning. */
 void control_reply_error(uint64_t request_id, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* ---- spawn.c: starting one process for an Exec ---- */
+
+#define EXEC_FLAG_PTY 0x1u        /* allocate a terminal */
+#define EXEC_FLAG_STDIN_PIPE 0x2u /* stdin fed by Stdin, else /dev/null */
+
+typedef struct exec_request {
+    uint32_t flags;
+    uint16_t rows;
+    uint16_t cols;
+    char *cwd;
+    char **argv; /* NULL-terminated, at least one */
+    char **envp; /* NULL-terminated */
+} exec_request_t;
+
+/* Fills `r` from an Exec payload. NULL on success, else what is wrong;
+ * exec_request_free is needed either way. */
+const char *exec_request_parse(const uint8_t *payload, size_t len, exec_request_t *r);
+void exec_request_free(exec_request_t *r);
+
+/* The parent's side of a started process; fds not used are -1, the others
+ * are non-blocking and close-on-exec. */
+typedef struct spawned {
+    pid_t pid;
+    int pty_fd;    /* PTY master */
+    int stdout_fd; /* read ends */
+    int stderr_fd;
+    int stdin_fd;  /* write end of the stdin pipe */
+} spawned_t;
+
+/* Forks and runs `r` in a new session, inside the agents group when
+ * `join_cgroup`. Returns 0 once the child has exec'd or given up; in the
+ * latter case `failure` holds the reason, a line for the execution's stderr
+ * (else it is empty), and the child exits 126 or 127. -errno when nothing was
+ * started. */
+int spawn_process(const exec_request_t *r, bool join_cgroup, spawned_t *out, char *failure,
+                  size_t failure_size);
 
 /* ---- exec.c: executions ---- */
 

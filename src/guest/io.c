@@ -104,6 +104,14 @@ int make_parent_directories(const char *path, mode_t mode)
     return 0;
 }
 
+void close_fd(int *fd)
+{
+    if (*fd >= 0) {
+        close(*fd);
+        *fd = -1;
+    }
+}
+
 int set_nonblocking(int fd)
 {
     int flags = fcntl(fd, F_GETFL);

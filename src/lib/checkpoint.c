@@ -233,7 +233,9 @@ int blink_session_restore(blink_t *blink, const char *name, const char *snapshot
     if (qemu_img(&s, "-a", snapshot, err) < 0)
         goto out;
     rc = 0;
-    if (running || (row.warm && cp.memory)) {
+    /* A warm session's VM runs: restored from memory when the checkpoint
+     * has it, booted on the restored disk otherwise. */
+    if (running || row.warm) {
         s.loadvm = cp.memory ? snapshot : NULL;
         rc = session_ensure_running(&s, &row, err);
     }
