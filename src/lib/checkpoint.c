@@ -10,46 +10,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#define SHIM_REQUEST_TIMEOUT_MS 600000
-
-/* Sends one request to the shim and waits for its reply of the same type. */
-static int shim_request(session_ctx_t *s, uint8_t type, const char *arg, bool with_flags,
-                        uint32_t flags, blink_error_t *err)
-{
-    blink_shim_conn_t conn;
-    if (blink_shim_connect(s->socket, &conn, err) < 0)
-        return -1;
-
-    blin_writer_t w;
-    blin_writer_init(&w);
-    blin_put_string(&w, arg);
-    if (with_flags)
-        blin_put_u32(&w, flags);
-    int rc = w.failed ? blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "encode request")
-                      : blink_shim_send(&conn, type, EXEC_ID, w.data, w.len, err);
-    blin_writer_free(&w);
-
-    while (rc == 0) {
-        blin_header_t h;
-        const uint8_t *payload;
-        int got = blink_shim_recv(&conn, SHIM_REQUEST_TIMEOUT_MS, &h, &payload, err);
-        if (got <= 0) {
-            rc = got < 0 ? -1 : blink_fail(err, BLINK_E_TIMEOUT, 0, "no answer from the shim");
-            break;
-        }
-        if (h.request_id != EXEC_ID)
-            continue;
-        if (h.type == BLIN_ERROR) {
-            char text[512];
-            blink_error_frame_text(payload, h.length, text, sizeof(text));
-            rc = blink_fail(err, BLINK_E_VM, 0, "%s", text);
-        }
-        break;
-    }
-    blink_shim_disconnect(&conn);
-    return rc;
-}
-
 static int qemu_img(session_ctx_t *s, const char *op, const char *snapshot, blink_error_t *err)
 {
     cleanup_free char *tool = blink_find_program("qemu-img");
@@ -166,7 +126,8 @@ int blink_session_checkpoint(blink_t *blink, const char *name, const char *snaps
     }
     int64_t created_at = (int64_t)(blink_wall_ns() / 1000000);
     if (running)
-        rc = shim_request(&s, BLIN_SHIM_CHECKPOINT, snapshot, true, memory ? 1 : 0, err);
+        rc =
+            blink_shim_request(s.socket, BLIN_SHIM_CHECKPOINT, snapshot, true, memory ? 1 : 0, err);
     else
         rc = qemu_img(&s, "-c", snapshot, err);
     if (rc < 0) {
@@ -222,7 +183,7 @@ int blink_session_restore(blink_t *blink, const char *name, const char *snapshot
 
     bool running = session_is_running(&s, &row);
     if (running && cp.memory) {
-        rc = shim_request(&s, BLIN_SHIM_RESTORE, snapshot, false, 0, err);
+        rc = blink_shim_request(s.socket, BLIN_SHIM_RESTORE, snapshot, false, 0, err);
         goto out;
     }
 
@@ -258,7 +219,7 @@ int blink_session_delete_checkpoint(blink_t *blink, const char *name, const char
         find_checkpoint(&s, snapshot, &cp, err) < 0)
         goto out;
     if (session_is_running(&s, &row))
-        rc = shim_request(&s, BLIN_SHIM_DELETE, snapshot, false, 0, err);
+        rc = blink_shim_request(s.socket, BLIN_SHIM_DELETE, snapshot, false, 0, err);
     else
         rc = qemu_img(&s, "-d", snapshot, err);
     if (rc == 0) {

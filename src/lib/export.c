@@ -220,61 +220,15 @@ static char *stable_disk(session_ctx_t *s, blink_session_row_t *row, bool *is_co
         return blink_fail_null(err, BLINK_E_NO_MEMORY, ENOMEM, "export");
     unlink(copy);
 
-    blink_shim_conn_t conn;
-    int rc = blink_shim_connect(s->socket, &conn, err);
-    blin_writer_t w;
-    blin_writer_init(&w);
-    blin_put_string(&w, copy);
-    if (rc == 0)
-        rc = blink_shim_send(&conn, BLIN_SHIM_EXPORT, EXEC_ID, w.data, w.len, err);
-    blin_writer_free(&w);
-    while (rc == 0) {
-        blin_header_t h;
-        const uint8_t *payload;
-        if (blink_shim_recv(&conn, 600000, &h, &payload, err) <= 0) {
-            rc = -1;
-            break;
-        }
-        if (h.request_id != EXEC_ID)
-            continue;
-        if (h.type == BLIN_ERROR) {
-            char text[512];
-            blink_error_frame_text(payload, h.length, text, sizeof(text));
-            rc = blink_fail(err, BLINK_E_VM, 0, "copy the running disk: %s", text);
-        }
-        break;
-    }
-    if (conn.fd >= 0)
-        blink_shim_disconnect(&conn);
+    int rc = blink_shim_request(s->socket, BLIN_SHIM_EXPORT, copy, false, 0, err);
     if (rc < 0) {
+        blink_wrap(err, "copy the running disk");
         unlink(copy);
         free(copy);
         return NULL;
     }
     *is_copy = true;
     return copy;
-}
-
-/* Leftovers of exports whose process died: temporary archives next to the
- * output ("*.partial-PID") and disk copies in BLINK_HOME/tmp. */
-static void reap_stale_exports(const char *dir, const char *marker)
-{
-    DIR *d = opendir(dir);
-    if (d == NULL)
-        return;
-    struct dirent *entry;
-    while ((entry = readdir(d)) != NULL) {
-        const char *at = strstr(entry->d_name, marker);
-        int pid = 0;
-        if (at == NULL || sscanf(at + strlen(marker), "%d", &pid) != 1 || pid <= 0)
-            continue;
-        if (kill(pid, 0) == 0 || errno == EPERM)
-            continue;
-        cleanup_free char *path = blink_strdup_printf("%s/%s", dir, entry->d_name);
-        if (path && unlink(path) == 0)
-            log_info("export", "removed `%s` left by a killed export", path);
-    }
-    closedir(d);
 }
 
 static char *default_output(blink_t *blink, const char *name, blink_error_t *err)
@@ -315,8 +269,9 @@ int blink_session_export(blink_t *blink, const char *name, const blink_transfer_
         char *slash = out_dir ? strrchr(out_dir, '/') : NULL;
         if (slash)
             *slash = '\0';
-        reap_stale_exports(slash ? out_dir : ".", ".partial-");
-        reap_stale_exports(blink->tmp_dir, "export-");
+        /* Leftovers of killed exports: archives not yet renamed, disk copies. */
+        blink_reap_orphans(slash ? out_dir : ".", ".partial-", false);
+        blink_reap_orphans(blink->tmp_dir, "export-", true);
     }
     partial = output ? blink_strdup_printf("%s.partial-%d", output, (int)getpid()) : NULL;
     if (partial == NULL) {

@@ -37,26 +37,6 @@ typedef struct import {
     uint64_t total, done;
 } import_t;
 
-/* Staging folders of imports whose process died. */
-static void reap_stale_staging(const char *tmp_dir)
-{
-    DIR *dir = opendir(tmp_dir);
-    if (dir == NULL)
-        return;
-    struct dirent *entry;
-    while ((entry = readdir(dir)) != NULL) {
-        int pid = 0;
-        if (sscanf(entry->d_name, "import-%d-", &pid) != 1 || pid <= 0)
-            continue;
-        if (kill(pid, 0) == 0 || errno == EPERM)
-            continue;
-        cleanup_free char *path = blink_strdup_printf("%s/%s", tmp_dir, entry->d_name);
-        if (path)
-            blink_remove_tree(path);
-    }
-    closedir(dir);
-}
-
 static int read_manifest(import_t *im, struct archive *a, blink_error_t *err)
 {
     struct archive_entry *entry;
@@ -382,7 +362,7 @@ int blink_session_import(blink_t *blink, const char *archive,
                           "[A-Za-z0-9_-]",
                           im.options->name);
 
-    reap_stale_staging(blink->tmp_dir);
+    blink_reap_orphans(blink->tmp_dir, "import-", true);
     im.staging = blink_strdup_printf("%s/import-%d-XXXXXX", blink->tmp_dir, (int)getpid());
     if (im.staging == NULL || mkdtemp(im.staging) == NULL) {
         blink_fail(err, BLINK_E_IO, errno, "create import staging folder");

@@ -97,6 +97,10 @@ int blink_remove_tree(const char *path);
 char *blink_read_file(const char *path, size_t max, size_t *len, blink_error_t *err);
 /* Writes a file atomically (temp file, fsync, rename). */
 int blink_write_file_atomic(const char *path, const void *data, size_t len, blink_error_t *err);
+/* Removes the entries of `dir` that a killed Blink process left: names with
+ * `marker` followed by a pid (at the start of the name when `prefix_only`)
+ * whose process no longer exists. */
+void blink_reap_orphans(const char *dir, const char *marker, bool prefix_only);
 /* Copies a file's bytes to a new file `target` (mode 0600), fsynced. */
 int blink_copy_file(const char *source, const char *target, blink_error_t *err);
 /* Finds an executable in $PATH; returns a new string or NULL. */

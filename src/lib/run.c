@@ -22,11 +22,11 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#define AGENT_TRANSFER_ID 1
-#define AGENT_EXEC_ID 2
-#define DEFAULT_MEMORY_MIB 512
+#define AGENT_TRANSFER_ID        1
+#define AGENT_EXEC_ID            2
+#define DEFAULT_MEMORY_MIB       512
 #define DEFAULT_BOOT_TIMEOUT_SEC 60
-#define SHUTDOWN_GRACE_MS 10000
+#define SHUTDOWN_GRACE_MS        10000
 
 typedef enum run_phase {
     PHASE_BOOTING,
@@ -51,28 +51,6 @@ typedef struct run {
 
 static atomic_uint overlay_counter;
 
-/* Removes overlays left by runs whose process is gone (killed before QEMU
- * opened and we unlinked the file). */
-static void reap_stale_overlays(const char *tmp_dir)
-{
-    DIR *dir = opendir(tmp_dir);
-    if (dir == NULL)
-        return;
-    struct dirent *entry;
-    while ((entry = readdir(dir)) != NULL) {
-        int pid = 0;
-        unsigned seq = 0;
-        if (sscanf(entry->d_name, "run-%d-%u.qcow2", &pid, &seq) != 2 || pid <= 0)
-            continue;
-        if (kill(pid, 0) == 0 || errno == EPERM)
-            continue;
-        cleanup_free char *path = blink_strdup_printf("%s/%s", tmp_dir, entry->d_name);
-        if (path && unlink(path) == 0)
-            log_info("run", "removed stale overlay `%s`", path);
-    }
-    closedir(dir);
-}
-
 static char *create_overlay(blink_t *blink, const char *base, blink_error_t *err)
 {
     cleanup_free char *qemu_img = blink_find_program("qemu-img");
@@ -80,7 +58,9 @@ static char *create_overlay(blink_t *blink, const char *base, blink_error_t *err
         return blink_fail_null(err, BLINK_E_MISSING_DEP, 0,
                                "find qemu-img: install the Debian package `qemu-utils`");
 
-    reap_stale_overlays(blink->tmp_dir);
+    /* Overlays are unlinked once QEMU holds them; only a run killed before
+     * that leaves one. */
+    blink_reap_orphans(blink->tmp_dir, "run-", true);
     char *overlay = blink_strdup_printf("%s/run-%d-%u.qcow2", blink->tmp_dir, (int)getpid(),
                                         atomic_fetch_add(&overlay_counter, 1));
     cleanup_free char *backing = realpath(base, NULL);
@@ -89,8 +69,8 @@ static char *create_overlay(blink_t *blink, const char *base, blink_error_t *err
         return blink_fail_null(err, BLINK_E_IO, errno, "resolve image `%s`", base);
     }
 
-    char *argv[] = {qemu_img, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing,
-                    overlay, NULL};
+    char *argv[] = {qemu_img, "create", "-q",    "-f",    "qcow2", "-F",
+                    "qcow2",  "-b",     backing, overlay, NULL};
     if (blink_run_program(argv, err) < 0) {
         unlink(overlay);
         free(overlay);
@@ -342,8 +322,7 @@ static int run_steps(run_t *run, const char *agent_path, blink_error_t *err)
             return -1;
         rc = pump_until(run, queue_has_room, send_deadline, "send agent", err);
         if (rc <= 0)
-            return rc < 0 ? -1
-                          : blink_fail(err, BLINK_E_TIMEOUT, 0, "send agent: guest stalled");
+            return rc < 0 ? -1 : blink_fail(err, BLINK_E_TIMEOUT, 0, "send agent: guest stalled");
     }
     rc = pump_until(run, is_file_done, send_deadline, "send agent", err);
     if (rc <= 0)

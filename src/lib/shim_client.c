@@ -163,3 +163,43 @@ void blink_error_frame_text(const uint8_t *payload, uint32_t len, char *buf, siz
     snprintf(buf, size, "%s (errno %u)", message ? message : "malformed error", code);
     free(message);
 }
+
+#define SHIM_REQUEST_TIMEOUT_MS 600000
+
+/* Sends one request to the shim and waits for its reply of the same type. */
+int blink_shim_request(const char *socket, uint8_t type, const char *arg, bool with_flags,
+                       uint32_t flags, blink_error_t *err)
+{
+    blink_shim_conn_t conn;
+    if (blink_shim_connect(socket, &conn, err) < 0)
+        return -1;
+
+    blin_writer_t w;
+    blin_writer_init(&w);
+    blin_put_string(&w, arg);
+    if (with_flags)
+        blin_put_u32(&w, flags);
+    int rc = w.failed ? blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "encode request")
+                      : blink_shim_send(&conn, type, BLINK_SHIM_REQUEST_ID, w.data, w.len, err);
+    blin_writer_free(&w);
+
+    while (rc == 0) {
+        blin_header_t h;
+        const uint8_t *payload;
+        int got = blink_shim_recv(&conn, SHIM_REQUEST_TIMEOUT_MS, &h, &payload, err);
+        if (got <= 0) {
+            rc = got < 0 ? -1 : blink_fail(err, BLINK_E_TIMEOUT, 0, "no answer from the shim");
+            break;
+        }
+        if (h.request_id != BLINK_SHIM_REQUEST_ID)
+            continue;
+        if (h.type == BLIN_ERROR) {
+            char text[512];
+            blink_error_frame_text(payload, h.length, text, sizeof(text));
+            rc = blink_fail(err, BLINK_E_VM, 0, "%s", text);
+        }
+        break;
+    }
+    blink_shim_disconnect(&conn);
+    return rc;
+}

@@ -41,4 +41,13 @@ int blink_exit_frame_parse(const uint8_t *payload, uint32_t len, int *exit_code,
 /* Formats an Error payload ("message (errno N)") into buf. */
 void blink_error_frame_text(const uint8_t *payload, uint32_t len, char *buf, size_t size);
 
+/* Request id of one-shot requests (checkpoint, restore, delete, export). */
+#define BLINK_SHIM_REQUEST_ID 1
+
+/* Connects, sends one request carrying the string `arg` (and `flags` when
+ * asked), waits up to 10 minutes for the shim's reply of the same type, and
+ * disconnects. An Error reply becomes a BLINK_E_VM error with its text. */
+int blink_shim_request(const char *socket, uint8_t type, const char *arg, bool with_flags,
+                       uint32_t flags, blink_error_t *err);
+
 #endif

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <signal.h>
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
@@ -44,7 +45,7 @@ int blink_mkdir_p(const char *path, mode_t mode, blink_error_t *err)
         return blink_fail(err, BLINK_E_INVALID, 0, "create directory `%s`: bad path", path);
     memcpy(buf, path, len + 1);
 
-    for (char *p = buf + 1; ; p++) {
+    for (char *p = buf + 1;; p++) {
         if (*p != '/' && *p != '\0')
             continue;
         char saved = *p;
@@ -157,6 +158,29 @@ fail:;
         close(fd);
     unlink(tmp);
     return blink_fail(err, BLINK_E_IO, e, "write `%s`", path);
+}
+
+void blink_reap_orphans(const char *dir, const char *marker, bool prefix_only)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return;
+    struct dirent *entry;
+    while ((entry = readdir(d)) != NULL) {
+        const char *at =
+            prefix_only
+                ? (strncmp(entry->d_name, marker, strlen(marker)) == 0 ? entry->d_name : NULL)
+                : strstr(entry->d_name, marker);
+        int pid = 0;
+        if (at == NULL || sscanf(at + strlen(marker), "%d", &pid) != 1 || pid <= 0)
+            continue;
+        if (kill(pid, 0) == 0 || errno == EPERM)
+            continue;
+        cleanup_free char *path = blink_strdup_printf("%s/%s", dir, entry->d_name);
+        if (path && blink_remove_tree(path) == 0)
+            log_info("cleanup", "removed `%s`, left by killed process %d", path, pid);
+    }
+    closedir(d);
 }
 
 int blink_copy_file(const char *source, const char *target, blink_error_t *err)
