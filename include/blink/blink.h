@@ -151,7 +151,7 @@ typedef struct blink_session_info {
     int64_t shim_pid;       /* 0 unless running */
     int64_t qemu_pid;       /* 0 unless running */
     char boot_id[64];       /* the running guest's boot id, "" otherwise */
-    char last_end[64];      /* how the VM last ended */
+    char last_end[256];      /* how the VM last ended */
     int64_t created_at;     /* ms since the epoch */
     int64_t started_at;     /* 0 unless running */
 } blink_session_info_t;

@@ -201,7 +201,7 @@ int cli_print_result(blink_result_t *result, const char *session)
     char *json = blink_result_to_json(result);
     int status = cli_exit_status_of(result);
     blink_result_free(result);
-    json_t *event = json ? json_loads(json, 0, NULL) : NULL;
+    json_t *event = json ? json_loads(json, JSON_ALLOW_NUL, NULL) : NULL;
     free(json);
     if (event == NULL) {
         blink_error_t oom = {.code = BLINK_E_NO_MEMORY, .message = "encode result"};

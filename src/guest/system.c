@@ -437,8 +437,11 @@ _Noreturn void power_off(void)
     /* sync() on a frozen filesystem would wait for a thaw that never comes. */
     control_thaw_root();
     if (root_switched) {
+        log_debug("stopping all processes");
         stop_all_processes();
+        log_debug("syncing");
         sync();
+        log_debug("remounting / read-only");
         if (mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL) < 0)
             log_warn_errno(errno, "remount / read-only");
     }

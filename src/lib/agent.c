@@ -31,8 +31,23 @@ int blink_agent_check_options(const blink_run_options_t *o, blink_error_t *err)
     }
     for (size_t i = 0; i < o->arg_count; i++)
         if (o->args[i] == NULL || strlen(o->args[i]) > BLINK_CAP_EXEC_STRING)
-            return blink_fail(err, BLINK_E_INVALID, 0, "argument %zu is missing or too long",
-                              i + 1);
+            return blink_fail(err, BLINK_E_INVALID, 0,
+                              "argument %zu is missing or longer than %u bytes", i + 1,
+                              BLINK_CAP_EXEC_STRING);
+    for (size_t i = 0; i < o->env_count; i++)
+        if (strlen(o->env[i]) > BLINK_CAP_EXEC_STRING)
+            return blink_fail(err, BLINK_E_INVALID, 0,
+                              "environment entry %zu is longer than %u bytes", i + 1,
+                              BLINK_CAP_EXEC_STRING);
+
+    /* The whole request must fit one frame: find out now, not after a boot. */
+    blin_writer_t w;
+    if (blink_agent_exec_payload(&w,
+                                 "/var/blink/agents/0123456789abcdef0123456789abcdef/"
+                                 "an-agent-name-of-the-longest-kind-that-a-guest-path-gets",
+                                 o, err) < 0)
+        return -1;
+    blin_writer_free(&w);
     return 0;
 }
 

@@ -27,7 +27,7 @@ typedef struct blink_session_row {
     unsigned disk_size_gib;
     int64_t shim_pid;   /* 0 when no shim */
     int64_t qemu_pid;   /* 0 when no VM */
-    char last_end[64];  /* how the VM last ended: "", "clean stop", "crash: …", "oom" */
+    char last_end[256];  /* how the VM last ended: "", "clean stop", "crash: …", "oom" */
     char boot_id[64];   /* guest boot id of the running VM, "" when none */
     int64_t created_at; /* ms since the epoch */
     int64_t updated_at;

@@ -97,28 +97,75 @@ int session_ctx_lock(session_ctx_t *s, blink_error_t *err)
     return 0;
 }
 
-static bool pid_alive(int64_t pid)
+/* True if `pid` is this session's shim: alive, ours to see, and running
+ * blink-shim for this name. The catalog's pid alone is not enough: after a
+ * crash the number may belong to any other process by now. */
+static bool shim_alive(int64_t pid, const char *name)
 {
-    return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM);
+    if (pid <= 1 || (kill((pid_t)pid, 0) < 0 && errno != EPERM))
+        return false;
+
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%lld/cmdline", (long long)pid);
+    size_t len = 0;
+    cleanup_free char *cmdline = blink_read_file(path, 65536, &len, NULL);
+    if (cmdline == NULL || len == 0)
+        return false; /* gone, or a zombie */
+
+    const char *argv0 = cmdline;
+    const char *base = strrchr(argv0, '/');
+    if (strcmp(base ? base + 1 : argv0, "blink-shim") != 0)
+        return false;
+    for (size_t i = 0; i + 1 < len;) {
+        const char *arg = cmdline + i;
+        size_t arg_len = strlen(arg);
+        if (strcmp(arg, "--name") == 0 && i + arg_len + 1 < len &&
+            strcmp(arg + arg_len + 1, name) == 0)
+            return true;
+        i += arg_len + 1;
+    }
+    return false;
 }
 
-/* The truth about a session: a row that says running while its shim is gone
- * was a crash (the shim, or QEMU with it, was killed). */
-static void reconcile(session_ctx_t *s, blink_session_row_t *row)
+static void mark_crashed(session_ctx_t *s, blink_session_row_t *row)
 {
-    bool live_state = strcmp(row->state, BLINK_STATE_RUNNING) == 0 ||
-                      strcmp(row->state, BLINK_STATE_STARTING) == 0;
-    if (!live_state || pid_alive(row->shim_pid))
-        return;
-
-    snprintf(row->state, sizeof(row->state), "%s", BLINK_STATE_CRASHED);
     snprintf(row->last_end, sizeof(row->last_end), "crash: the vm's shim (pid %lld) died",
              (long long)row->shim_pid);
+    snprintf(row->state, sizeof(row->state), "%s", BLINK_STATE_CRASHED);
     row->shim_pid = row->qemu_pid = row->started_at = 0;
     row->boot_id[0] = '\0';
     blink_error_t ignored;
     blink_catalog_session_set_state(s->catalog, row, &ignored);
     unlink(s->socket);
+}
+
+/* The truth about a session: a row that says running while its shim is gone
+ * was a crash (the shim, or QEMU with it, was killed). A row that says
+ * starting belongs to whoever holds the lock; without the lock, a command
+ * that only looks (ls, info) leaves such a row alone. */
+static void reconcile(session_ctx_t *s, blink_session_row_t *row)
+{
+    bool live_state = strcmp(row->state, BLINK_STATE_RUNNING) == 0 ||
+                      strcmp(row->state, BLINK_STATE_STARTING) == 0;
+    if (!live_state || shim_alive(row->shim_pid, s->name))
+        return;
+    if (s->lock_fd >= 0) {
+        mark_crashed(s, row);
+        return;
+    }
+
+    cleanup_free char *path = blink_strdup_printf("%s/locks/%s.lock", s->blink->home, s->name);
+    cleanup_close int fd = path ? open(path, O_RDWR | O_CLOEXEC) : -1;
+    if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0)
+        return; /* someone is starting or stopping it right now */
+    blink_session_row_t fresh;
+    if (blink_catalog_session_get(s->catalog, s->name, &fresh, NULL) == 0) {
+        *row = fresh;
+        live_state = strcmp(row->state, BLINK_STATE_RUNNING) == 0 ||
+                     strcmp(row->state, BLINK_STATE_STARTING) == 0;
+        if (live_state && !shim_alive(row->shim_pid, s->name))
+            mark_crashed(s, row);
+    }
 }
 
 bool session_is_running(session_ctx_t *s, blink_session_row_t *row)
@@ -177,7 +224,8 @@ static int start_shim(session_ctx_t *s, const blink_session_row_t *row, blink_er
     snprintf(ready_arg, sizeof(ready_arg), "%d", 3);
     char *argv[] = {shim,  "--home",   s->blink->home, "--name",     (char *)s->name,
                     "--memory", memory, "--cpus",  cpus,   "--ready-fd", ready_arg,
-                    s->loadvm ? "--loadvm" : NULL, (char *)s->loadvm, NULL};
+                    row->warm ? "--warm" : "--cold", s->loadvm ? "--loadvm" : NULL,
+                    (char *)s->loadvm, NULL};
 
     pid_t child = fork();
     if (child < 0) {
@@ -267,17 +315,17 @@ int session_stop_vm(session_ctx_t *s, blink_session_row_t *row, blink_error_t *e
     if (blink_shim_connect(s->socket, &conn, NULL) == 0) {
         blink_shim_send(&conn, BLIN_SHIM_STOP, 0, NULL, 0, NULL);
         blink_shim_disconnect(&conn);
-    } else {
+    } else if (shim_alive(row->shim_pid, s->name)) {
         kill((pid_t)row->shim_pid, SIGTERM);
     }
 
     uint64_t deadline = blink_now_ms() + STOP_GRACE_MS;
-    while (pid_alive(row->shim_pid) && blink_now_ms() < deadline)
+    while (shim_alive(row->shim_pid, s->name) && blink_now_ms() < deadline)
         usleep(20 * 1000);
-    if (pid_alive(row->shim_pid)) {
+    if (shim_alive(row->shim_pid, s->name)) {
         log_warn("session", "session `%s`: shim did not stop; killing it", s->name);
         kill((pid_t)row->shim_pid, SIGKILL); /* QEMU follows: PR_SET_PDEATHSIG */
-        while (pid_alive(row->shim_pid) && blink_now_ms() < deadline + 5000)
+        while (shim_alive(row->shim_pid, s->name) && blink_now_ms() < deadline + 5000)
             usleep(20 * 1000);
     }
 
@@ -361,6 +409,14 @@ int blink_session_open(blink_t *blink, const char *name, const blink_session_opt
         *created = true;
 
     rc = o->warm ? session_ensure_running(&s, &row, err) : 0;
+    if (rc < 0) {
+        /* A session that could not start as asked is not left behind. */
+        blink_error_t ignored;
+        blink_catalog_session_delete(s.catalog, name, &ignored);
+        if (created)
+            *created = false;
+        goto fail_files;
+    }
     goto out;
 
 fail_files:

@@ -76,6 +76,27 @@ static void argv_free(argv_builder_t *b)
     memset(b, 0, sizeof(*b));
 }
 
+/* QEMU's option syntax separates properties with commas; a comma inside a
+ * value is written twice (docs/system/invocation: "-blockdev"). Without this,
+ * a path could add options of its own. */
+static char *escape_option_value(const char *value)
+{
+    size_t commas = 0;
+    for (const char *p = value; *p; p++)
+        commas += *p == ',';
+    char *out = malloc(strlen(value) + commas + 1);
+    if (out == NULL)
+        return NULL;
+    char *q = out;
+    for (const char *p = value; *p; p++) {
+        *q++ = *p;
+        if (*p == ',')
+            *q++ = ',';
+    }
+    *q = '\0';
+    return out;
+}
+
 static void build_qemu_argv(const blink_vm_config_t *c, argv_builder_t *a)
 {
     bool kvm = strcmp(c->accel, "kvm") == 0;
@@ -122,11 +143,15 @@ static void build_qemu_argv(const blink_vm_config_t *c, argv_builder_t *a)
         argv_add(a, "virtserialport,bus=vser.0,chardev=control,name=org.blink.ctl");
     }
     if (c->disk_path) {
+        char *disk = escape_option_value(c->disk_path);
+        if (disk == NULL)
+            a->failed = true;
         argv_add(a, "-blockdev");
         argv_add(a,
                  "driver=qcow2,node-name=root,read-only=%s,discard=unmap,"
                  "file.driver=file,file.filename=%s,file.aio=threads",
-                 c->disk_read_only ? "on" : "off", c->disk_path);
+                 c->disk_read_only ? "on" : "off", disk ? disk : "");
+        free(disk);
         argv_add(a, "-device");
         argv_add(a, "virtio-blk-device,drive=root");
     }
@@ -242,6 +267,23 @@ out:
     return vm->pid > 0 && vm->pidfd >= 0 ? 0 : -1;
 }
 
+/* What the kernel prints when it panics; with panic=-1 it then reboots and
+ * QEMU (-no-reboot) exits, but a reboot can also fail and leave the vCPU
+ * spinning, so the host does not wait for it. */
+#define PANIC_LINE "Kernel panic - not syncing"
+#define PANIC_GRACE_MS 1000
+
+void blink_vm_check_panic(blink_vm_t *vm)
+{
+    if (vm->panic_seen_ms == 0 || vm->exited || vm->pid <= 0)
+        return;
+    if (blink_now_ms() - vm->panic_seen_ms < PANIC_GRACE_MS)
+        return;
+    log_info("vm", "guest kernel panicked; killing qemu pid %d", (int)vm->pid);
+    kill(vm->pid, SIGKILL);
+    blink_vm_wait_exit(vm, UINT64_MAX);
+}
+
 static void drain_console(blink_vm_t *vm)
 {
     char chunk[4096];
@@ -250,6 +292,9 @@ static void drain_console(blink_vm_t *vm)
         if (n > 0) {
             blink_tail_append(vm->console_tail, &vm->console_tail_len, BLINK_CAP_CONSOLE_TAIL,
                               chunk, (size_t)n);
+            if (vm->panic_seen_ms == 0 &&
+                memmem(vm->console_tail, vm->console_tail_len, PANIC_LINE, strlen(PANIC_LINE)))
+                vm->panic_seen_ms = blink_now_ms();
             if (blink_log_threshold >= BLINK_LOG_DEBUG)
                 log_debug("console", "%.*s", (int)n, chunk);
             continue;
@@ -464,12 +509,15 @@ int blink_vm_pump(blink_vm_t *vm, int timeout_ms, blink_error_t *err)
     struct pollfd pfds[BLINK_VM_POLLFDS];
     int n = blink_vm_fill_pollfds(vm, pfds);
 
+    if (vm->panic_seen_ms && (timeout_ms < 0 || timeout_ms > PANIC_GRACE_MS))
+        timeout_ms = PANIC_GRACE_MS;
     int rc = poll(pfds, (nfds_t)n, timeout_ms);
     if (rc < 0 && errno != EINTR)
         return blink_fail(err, BLINK_E_IO, errno, "poll vm");
-    if (rc <= 0)
-        return 0;
-    return blink_vm_dispatch(vm, pfds, n, err);
+    if (rc > 0 && blink_vm_dispatch(vm, pfds, n, err) < 0)
+        return -1;
+    blink_vm_check_panic(vm);
+    return 0;
 }
 
 int blink_vm_wait_exit(blink_vm_t *vm, uint64_t deadline_ms)
@@ -538,13 +586,11 @@ void blink_vm_describe_end(blink_vm_t *vm, char *buf, size_t size)
     char line[512];
     last_console_line(vm, line, sizeof(line));
 
-    if (vm->qmp.guest_panicked || strstr(console, "Kernel panic") != NULL) {
+    if (vm->qmp.guest_panicked || vm->panic_seen_ms || strstr(console, "Kernel panic") != NULL) {
         const char *panic = strstr(console, "Kernel panic");
         snprintf(buf, size, "the guest kernel panicked%s%.200s", panic ? ": " : "",
                  panic ? panic : "");
-        char *nl = strchr(buf, '\n');
-        if (nl)
-            *nl = '\0';
+        buf[strcspn(buf, "\r\n")] = '\0';
         return;
     }
     if (!vm->exited) {

@@ -39,6 +39,7 @@ typedef struct blink_vm {
     int console_fd;     /* QEMU's stdout and stderr: serial console and errors */
     blink_qmp_t qmp;
     bool exited;
+    uint64_t panic_seen_ms; /* when the console showed a kernel panic; 0: never */
     int exit_status;    /* waitpid status once exited */
     uint64_t started_ms;
 
@@ -74,6 +75,10 @@ int blink_vm_pump(blink_vm_t *vm, int timeout_ms, blink_error_t *err);
 struct pollfd;
 int blink_vm_fill_pollfds(blink_vm_t *vm, struct pollfd *pfds);
 int blink_vm_dispatch(blink_vm_t *vm, const struct pollfd *pfds, int count, blink_error_t *err);
+
+/* Kills QEMU a moment after the guest kernel panicked (the reboot that
+ * should end it can fail and spin). For callers with their own loop. */
+void blink_vm_check_panic(blink_vm_t *vm);
 
 /* Ends QEMU now (QMP quit, then SIGKILL) and reaps it. Safe to call twice. */
 void blink_vm_kill(blink_vm_t *vm);

@@ -460,6 +460,7 @@ void shim_accept(shim_t *shim)
         c->fd = fd;
         blin_decoder_init(&c->decoder, BLINK_CAP_BLIN_PAYLOAD);
         shim->clients[i] = c;
+        shim->had_client = true;
         return;
     }
     log_warn("shim", "refusing a client: %d connected", SHIM_MAX_CLIENTS);
@@ -471,10 +472,21 @@ void shim_client_close(shim_t *shim, shim_client_t *c)
     for (int i = 0; i < SHIM_MAX_CLIENTS; i++)
         if (shim->clients[i] == c)
             shim->clients[i] = NULL;
-    /* Executions outlive their client; transfers cannot finish without it. */
-    for (int i = 0; i < SHIM_MAX_EXECUTIONS; i++)
-        if (shim->executions[i].owner == c)
-            shim->executions[i].owner = NULL;
+    /* Executions outlive their client in a warm VM; in a cold one nobody
+     * would ever see them end, so they are killed. Transfers cannot finish
+     * without their client. */
+    for (int i = 0; i < SHIM_MAX_EXECUTIONS; i++) {
+        shim_execution_t *e = &shim->executions[i];
+        if (e->owner != c)
+            continue;
+        e->owner = NULL;
+        if (shim->cold && e->used) {
+            uint8_t payload[4] = {SIGKILL, 0, 0, 0};
+            blink_error_t err;
+            blink_vm_send(shim->vm, BLIN_CTL_SIGNAL, e->guest_id, payload, sizeof(payload),
+                          &err);
+        }
+    }
     for (int i = 0; i < SHIM_MAX_TRANSFERS; i++)
         if (shim->transfers[i].owner == c)
             memset(&shim->transfers[i], 0, sizeof(shim->transfers[i]));

@@ -34,6 +34,7 @@ typedef struct shim_args {
     unsigned cpus;
     int ready_fd;
     const char *loadvm; /* resume from this memory checkpoint instead of booting */
+    bool cold;          /* stop when the clients are gone */
 } shim_args_t;
 
 static int parse_args(int argc, char **argv, shim_args_t *a)
@@ -45,6 +46,7 @@ static int parse_args(int argc, char **argv, shim_args_t *a)
         {"cpus", required_argument, NULL, 'c'},
         {"ready-fd", required_argument, NULL, 'r'},
         {"loadvm", required_argument, NULL, 'l'},
+        {"cold", no_argument, NULL, 'C'},     {"warm", no_argument, NULL, 'W'},
         {NULL, 0, NULL, 0},
     };
     int opt;
@@ -79,6 +81,10 @@ static int parse_args(int argc, char **argv, shim_args_t *a)
             if (!blink_name_valid(optarg))
                 return -1;
             a->loadvm = optarg;
+            break;
+        case 'C':
+        case 'W':
+            a->cold = opt == 'C';
             break;
         default:
             return -1;
@@ -194,6 +200,18 @@ static int boot(shim_t *shim, const shim_args_t *a, blink_t *blink, blink_error_
     return 0;
 }
 
+/* A cold VM is idle when no client is connected and nothing runs. */
+static bool cold_idle(const shim_t *shim)
+{
+    for (int i = 0; i < SHIM_MAX_CLIENTS; i++)
+        if (shim->clients[i])
+            return false;
+    for (int i = 0; i < SHIM_MAX_EXECUTIONS; i++)
+        if (shim->executions[i].used)
+            return false;
+    return true;
+}
+
 /* Serves until the VM is gone. Returns how it ended, for the catalog. */
 static void serve(shim_t *shim, char *last_end, size_t size)
 {
@@ -201,7 +219,7 @@ static void serve(shim_t *shim, char *last_end, size_t size)
     shim_client_t *owners[SHIM_MAX_CLIENTS];
 
     while (!shim->vm->exited) {
-        if (stop_requested)
+        if (stop_requested || (shim->cold && shim->had_client && cold_idle(shim)))
             shim_begin_stop(shim);
         if (shim->stopping && blink_now_ms() >= shim->stop_deadline_ms) {
             log_warn("shim", "guest did not power off in time; killing the vm");
@@ -244,6 +262,7 @@ static void serve(shim_t *shim, char *last_end, size_t size)
                     shim_client_io(shim, owners[i - first_client], pfds[i].revents);
         }
         shim_enforce_timeouts(shim);
+        blink_vm_check_panic(shim->vm);
     }
 
     blink_vm_wait_exit(shim->vm, blink_now_ms() + 5000);
@@ -274,6 +293,7 @@ int main(int argc, char **argv)
         return 2;
     }
     shim.name = args.name;
+    shim.cold = args.cold;
 
     blink_t *blink = blink_open(args.home, &err);
     cleanup_free char *db = blink_strdup_printf("%s/blink.db", args.home);

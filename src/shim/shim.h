@@ -64,6 +64,8 @@ typedef struct shim {
     int listen_fd;
     bool ready;
     bool stopping;
+    bool cold;       /* the VM lives for its clients: stop once they are gone */
+    bool had_client;
     uint64_t stop_deadline_ms;
     char boot_id[64];
     int freeze_reply; /* -1 waiting; 0 done; errno on failure */
