@@ -6,8 +6,8 @@
  * very late: at the limit, reclaim keeps evicting the agents' own program
  * text, which they fault straight back in, and every pass that frees a page
  * counts as progress, so the charge is retried instead of going to the OOM
- * killer. Under TCG each refault also retranslates the code, and this
- * livelock was seen stalling the whole VM, PID 1 included, for minutes.
+ * killer. Under TCG this livelock was seen stalling the whole VM, PID 1
+ * included, for minutes.
  * So PID 1 acts at its onset: when the group hits its limit (a `max` event)
  * with so much memory that cannot be reclaimed that only a few MiB are left
  * for program text, the outcome is an OOM kill anyway, and PID 1 does it at

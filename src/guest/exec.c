@@ -186,7 +186,8 @@ static void drop_input(execution_t *e)
 }
 
 /* Reads one chunk and sends it. Returns the bytes sent, 0 when nothing was
- * waiting, -1 at the end of the stream (the fd is then closed). */
+ * waiting, -1 at the end of the stream (a pipe is then closed, a PTY marked
+ * idle). */
 static ssize_t forward_output(execution_t *e, stream_t stream)
 {
     int *fd = stream_fd(e, stream);

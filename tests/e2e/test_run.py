@@ -253,6 +253,31 @@ def test_accel_auto_settles_and_caches(agent, fresh_home):
     assert r.returncode == 125 and "BLINK_ACCEL" in r.event["error"]
 
 
+def test_nul_bytes_in_output_are_kept(agent):
+    r = run_cli("run", agent('#!/bin/sh\nprintf "a\\000b\\n"\nexit 3\n'))
+    assert r.returncode == 3, r
+    assert r.event["stdout"] == "a\x00b\n"
+
+
+def test_commas_in_blink_home(agent, tmp_path):
+    home = tmp_path / "with,comma,file.driver=null-co"
+    (home / "kernels").mkdir(parents=True)
+    (home / "images").mkdir()
+    (home / "kernels/current").symlink_to((HOME / "kernels/current").resolve())
+    (home / "images/debian-12").symlink_to((HOME / "images/debian-12").resolve())
+    r = run_cli("run", agent("#!/bin/sh\necho fine > /tmp/x && cat /tmp/x\n"), home=home,
+                env={"BLINK_ACCEL": "tcg"})
+    assert r.returncode == 0 and r.event["stdout"] == "fine\n", r
+
+
+def test_oversized_environment_entry_is_refused_before_boot(agent):
+    before = qemu_pids()
+    r = run_cli("run", "--env", "BIG=" + "x" * 70000, agent("#!/bin/sh\ntrue\n"))
+    assert r.returncode == 125 and r.event["code"] == "invalid", r
+    assert "longer than" in r.event["error"]
+    assert qemu_pids() <= before
+
+
 def test_nothing_left_behind():
     """Runs last in this module: no QEMU of ours and no temp files remain."""
     assert qemu_pids() == set()

@@ -270,6 +270,57 @@ def test_session_run_timeout_is_enforced_by_the_shim(session, agent):
                    agent("#!/bin/sh\necho still\n", name="b.sh")).event["stdout"] == "still\n"
 
 
+def test_looking_during_a_warm_open_breaks_nothing(session, agent):
+    env = dict(os.environ, BLINK_HOME=str(HOME))
+    opener = subprocess.Popen([str(CLI), "session", "open", "--name", session, "--warm"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    states = set()
+    while opener.poll() is None:
+        r = run_cli("session", "ls")
+        states |= {s["state"] for s in r.event["sessions"] if s["name"] == session}
+        time.sleep(0.2)
+    assert json.loads(opener.stdout.read())["state"] == "running"
+    assert "crashed" not in states
+    r = run_cli("session", "run", "--name", session, agent("#!/bin/sh\necho up\n"))
+    assert r.event["stdout"] == "up\n", r
+
+
+def test_stop_never_signals_a_stranger(session):
+    assert run_cli("session", "open", "--name", session).returncode == 0
+    stranger = subprocess.Popen(["sleep", "300"])
+    try:
+        db = sqlite3.connect(HOME / "blink.db")
+        db.execute("UPDATE sessions SET state = 'running', shim_pid = ? WHERE name = ?",
+                   (stranger.pid, session))
+        db.commit()
+        db.close()
+        assert info(session)["state"] == "crashed"  # not our shim: the VM is gone
+        assert run_cli("session", "stop", "--name", session).returncode == 0
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_cold_session_stops_when_its_client_is_killed(session, agent):
+    assert run_cli("session", "open", "--name", session).returncode == 0
+    env = dict(os.environ, BLINK_HOME=str(HOME))
+    runner = subprocess.Popen([str(CLI), "session", "run", "--name", session,
+                               str(agent("#!/bin/sh\nsleep 600\n"))],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    while not active_executions(session) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+    deadline = time.monotonic() + 60
+    while info(session)["state"] != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert info(session)["state"] == "stopped"
+    assert shim_pids() == set() or all(
+        session not in open(f"/proc/{p}/cmdline").read() for p in shim_pids())
+
+
 def test_no_shim_or_qemu_left():
     """Runs last in this module."""
     assert shim_pids() == set()
