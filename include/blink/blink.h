@@ -139,6 +139,7 @@ typedef struct blink_session_options {
     bool warm;              /* keep the VM running between commands */
     unsigned memory_mib;    /* 0: 512 */
     unsigned cpus;          /* 0: 1 */
+    unsigned disk_size_gib; /* 0: the image's size; larger grows the guest's root */
 } blink_session_options_t;
 
 typedef struct blink_session_info {
@@ -148,6 +149,7 @@ typedef struct blink_session_info {
     bool warm;
     unsigned memory_mib;
     unsigned cpus;
+    unsigned disk_size_gib; /* 0: the image's size */
     int64_t shim_pid;       /* 0 unless running */
     int64_t qemu_pid;       /* 0 unless running */
     char boot_id[64];       /* the running guest's boot id, "" otherwise */

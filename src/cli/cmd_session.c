@@ -9,11 +9,12 @@
 
 static json_t *info_json(const blink_session_info_t *i)
 {
-    return json_pack("{s:s, s:s, s:s, s:b, s:i, s:i, s:I, s:I, s:s, s:s, s:I, s:I}", "name",
+    return json_pack("{s:s, s:s, s:s, s:b, s:i, s:i, s:i, s:I, s:I, s:s, s:s, s:I, s:I}", "name",
                      i->name, "image", i->image, "state", i->state, "warm", i->warm, "memory_mib",
-                     (int)i->memory_mib, "cpus", (int)i->cpus, "shim_pid", (json_int_t)i->shim_pid,
-                     "qemu_pid", (json_int_t)i->qemu_pid, "boot_id", i->boot_id, "last_end",
-                     i->last_end, "created_at", (json_int_t)i->created_at, "started_at",
+                     (int)i->memory_mib, "cpus", (int)i->cpus, "disk_size_gib",
+                     (int)i->disk_size_gib, "shim_pid", (json_int_t)i->shim_pid, "qemu_pid",
+                     (json_int_t)i->qemu_pid, "boot_id", i->boot_id, "last_end", i->last_end,
+                     "created_at", (json_int_t)i->created_at, "started_at",
                      (json_int_t)i->started_at);
 }
 
@@ -28,7 +29,7 @@ typedef struct session_args {
 
 /* Which options a subcommand takes, beyond --name. */
 enum {
-    TAKES_OPEN = 1,     /* --image --warm --memory MIB --cpus */
+    TAKES_OPEN = 1,     /* --image --warm --memory MIB --cpus --disk-size */
     TAKES_FORCE = 2,    /* --force */
     TAKES_SNAPSHOT = 4, /* --snapshot S */
     TAKES_KIND = 8,     /* --memory (flag) --disk-only --delete */
@@ -47,7 +48,8 @@ static int parse_session_args(int argc, char **argv, const char *command, int ta
         OPT_SNAPSHOT,
         OPT_MEMORY_FLAG,
         OPT_DISK_ONLY,
-        OPT_DELETE
+        OPT_DELETE,
+        OPT_DISK_SIZE
     };
     static const struct option open_options[] = {
         {"name", required_argument, NULL, OPT_NAME},
@@ -55,6 +57,7 @@ static int parse_session_args(int argc, char **argv, const char *command, int ta
         {"warm", no_argument, NULL, OPT_WARM},
         {"memory", required_argument, NULL, OPT_MEMORY},
         {"cpus", required_argument, NULL, OPT_CPUS},
+        {"disk-size", required_argument, NULL, OPT_DISK_SIZE},
         {"force", no_argument, NULL, OPT_FORCE},
         {NULL, 0, NULL, 0},
     };
@@ -78,7 +81,8 @@ static int parse_session_args(int argc, char **argv, const char *command, int ta
     opterr = 0;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "", all, NULL)) != -1) {
-        bool is_open = opt == OPT_IMAGE || opt == OPT_WARM || opt == OPT_MEMORY || opt == OPT_CPUS;
+        bool is_open = opt == OPT_IMAGE || opt == OPT_WARM || opt == OPT_MEMORY ||
+                       opt == OPT_CPUS || opt == OPT_DISK_SIZE;
         bool is_snapshot = opt == OPT_SNAPSHOT;
         bool is_kind = opt == OPT_MEMORY_FLAG || opt == OPT_DISK_ONLY || opt == OPT_DELETE;
         if ((is_open && !open_options_ok) || (opt == OPT_FORCE && !force_option) ||
@@ -111,6 +115,13 @@ static int parse_session_args(int argc, char **argv, const char *command, int ta
                 return 1;
             }
             a->open.cpus = (unsigned)n;
+            break;
+        case OPT_DISK_SIZE:
+            if (!cli_parse_number(optarg, 1, 1024, &n)) {
+                *status = cli_usage_error(command, "--disk-size `%s`: use 1-1024 GiB", optarg);
+                return 1;
+            }
+            a->open.disk_size_gib = (unsigned)n;
             break;
         case OPT_FORCE:
             a->force = true;
@@ -482,7 +493,8 @@ static const struct {
     int (*run)(int argc, char **argv);
     const char *usage;
 } subcommands[] = {
-    {"open", session_open, "open --name N [--image I] [--warm] [--memory MIB] [--cpus N]"},
+    {"open", session_open,
+     "open --name N [--image I] [--warm] [--memory MIB] [--cpus N] [--disk-size GIB]"},
     {"run", session_run, "run --name N PATH [options] [-- ARGS...]"},
     {"spawn", cmd_spawn,
      "spawn --name N [--tty] [--rows R --cols C] [--env K=V]... "

@@ -69,6 +69,8 @@ int wait_for_devices(char *port_path, size_t size);
 int switch_to_root_disk(bool read_only);
 int mount_runtime_filesystems(void);
 void configure_system(void);
+/* Grows the root ext4 to the size of its disk (sessions opened larger). */
+void grow_root_filesystem(void);
 /* Stops every process, syncs, makes the root read-only and powers off. */
 _Noreturn void power_off(void);
 

@@ -65,6 +65,8 @@ int main(void)
     fail_if(switch_to_root_disk(options.root_ro));
     fail_if(mount_runtime_filesystems());
     configure_system();
+    if (!options.root_ro)
+        grow_root_filesystem();
 
     /* 6. Limits for agents; without them agents still run, unconfined. */
     bool agents_cgroup = setup_agents_cgroup();

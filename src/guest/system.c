@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/fs.h>
 #include <net/if.h>
 #include <signal.h>
 #include <string.h>
@@ -18,14 +19,15 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define MODULES_DIR "/lib/modules/blink"
-#define ROOT_DEVICE "/dev/vda"
-#define NEW_ROOT "/newroot"
+#define MODULES_DIR       "/lib/modules/blink"
+#define ROOT_DEVICE       "/dev/vda"
+#define NEW_ROOT          "/newroot"
 #define CONTROL_PORT_NAME "org.blink.ctl"
-#define VIRTIO_PORTS_DIR "/sys/class/virtio-ports"
+#define VIRTIO_PORTS_DIR  "/sys/class/virtio-ports"
 
 /* Virtio devices appear while their modules load; 10 s covers a slow TCG boot
  * and still ends a VM whose disk or port is missing in reasonable time. */
@@ -367,6 +369,42 @@ static void make_agent_directories(void)
     /* mkdir applies the umask; sticky and world-writable need the chmod. */
     if (mkdir("/tmp", 01777) < 0 || chmod("/tmp", 01777) < 0)
         log_warn_errno(errno, "create /tmp");
+}
+
+/* EXT4_IOC_RESIZE_FS (fs/ext4/ext4.h; not in the 6.1 uapi headers): grow a
+ * mounted ext4 to the given number of blocks. */
+#define BLINK_EXT4_IOC_RESIZE_FS _IOW('f', 16, uint64_t)
+
+/* A session opened with a disk larger than its image has a bigger virtual
+ * disk than filesystem. Growing the mounted root online costs nothing when
+ * the sizes already match (the kernel returns at once), so it runs on every
+ * boot of a writable root. */
+void grow_root_filesystem(void)
+{
+    uint64_t device_bytes = 0;
+    int dev = open("/dev/vda", O_RDONLY | O_CLOEXEC);
+    if (dev < 0 || ioctl(dev, BLKGETSIZE64, &device_bytes) < 0) {
+        log_warn_errno(errno, "size of /dev/vda");
+        if (dev >= 0)
+            close(dev);
+        return;
+    }
+    close(dev);
+
+    struct statfs fs;
+    int root = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (root < 0 || fstatfs(root, &fs) < 0 || fs.f_bsize <= 0) {
+        log_warn_errno(errno, "statfs /");
+        if (root >= 0)
+            close(root);
+        return;
+    }
+    uint64_t blocks = device_bytes / (uint64_t)fs.f_bsize;
+    if (ioctl(root, BLINK_EXT4_IOC_RESIZE_FS, &blocks) < 0)
+        log_warn_errno(errno, "grow / to %llu blocks", (unsigned long long)blocks);
+    else
+        log_debug("root filesystem spans %llu blocks", (unsigned long long)blocks);
+    close(root);
 }
 
 void configure_system(void)

@@ -17,7 +17,9 @@
 #include "shim_client.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -222,10 +224,21 @@ static int start_shim(session_ctx_t *s, const blink_session_row_t *row, blink_er
     snprintf(memory, sizeof(memory), "%u", row->memory_mib);
     snprintf(cpus, sizeof(cpus), "%u", row->cpus);
     snprintf(ready_arg, sizeof(ready_arg), "%d", 3);
-    char *argv[] = {shim,  "--home",   s->blink->home, "--name",     (char *)s->name,
-                    "--memory", memory, "--cpus",  cpus,   "--ready-fd", ready_arg,
-                    row->warm ? "--warm" : "--cold", s->loadvm ? "--loadvm" : NULL,
-                    (char *)s->loadvm, NULL};
+    char *argv[] = {shim,
+                    "--home",
+                    s->blink->home,
+                    "--name",
+                    (char *)s->name,
+                    "--memory",
+                    memory,
+                    "--cpus",
+                    cpus,
+                    "--ready-fd",
+                    ready_arg,
+                    row->warm ? "--warm" : "--cold",
+                    s->loadvm ? "--loadvm" : NULL,
+                    (char *)s->loadvm,
+                    NULL};
 
     pid_t child = fork();
     if (child < 0) {
@@ -343,7 +356,7 @@ int session_stop_vm(session_ctx_t *s, blink_session_row_t *row, blink_error_t *e
     return 0;
 }
 
-static int create_disk(session_ctx_t *s, const char *base, blink_error_t *err)
+static int create_disk(session_ctx_t *s, const char *base, unsigned size_gib, blink_error_t *err)
 {
     cleanup_free char *qemu_img = blink_find_program("qemu-img");
     cleanup_free char *backing = realpath(base, NULL);
@@ -354,10 +367,39 @@ static int create_disk(session_ctx_t *s, const char *base, blink_error_t *err)
     if (backing == NULL || tmp == NULL)
         return blink_fail(err, BLINK_E_IO, errno, "resolve image `%s`", base);
 
-    char *argv[] = {qemu_img, "create", "-q",    "-f", "qcow2", "-F",
-                    "qcow2",  "-b",     backing, tmp,  NULL};
-    if (blink_run_program(argv, err) < 0)
+    if (size_gib) {
+        /* A disk smaller than its image would cut the filesystem short. */
+        cleanup_free char *info = NULL;
+        char *info_argv[] = {qemu_img, "info", "--output=json", "-U", backing, NULL};
+        if (blink_run_program_output(info_argv, &info, 1 << 20, err) < 0)
+            return -1;
+        json_t *parsed = json_loads(info, 0, NULL);
+        json_int_t virtual_size = json_integer_value(json_object_get(parsed, "virtual-size"));
+        json_decref(parsed);
+        if ((uint64_t)virtual_size > ((uint64_t)size_gib << 30))
+            return blink_fail(
+                err, BLINK_E_INVALID, 0, "disk size %u GiB is smaller than the image's %llu GiB",
+                size_gib, (unsigned long long)(((uint64_t)virtual_size + (1u << 30) - 1) >> 30));
+    }
+
+    char size[32];
+    snprintf(size, sizeof(size), "%uG", size_gib);
+    char *argv[] = {qemu_img,
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-F",
+                    "qcow2",
+                    "-b",
+                    backing,
+                    tmp,
+                    size_gib ? size : NULL,
+                    NULL};
+    if (blink_run_program(argv, err) < 0) {
+        unlink(tmp);
         return -1;
+    }
     if (rename(tmp, s->disk) < 0)
         return blink_fail(err, BLINK_E_IO, errno, "create disk `%s`", s->disk);
     return 0;
@@ -379,6 +421,11 @@ int blink_session_open(blink_t *blink, const char *name, const blink_session_opt
         return blink_fail(err, BLINK_E_INVALID, 0, "memory %u MiB: use 128-65536", o->memory_mib);
     if (o->cpus > 64)
         return blink_fail(err, BLINK_E_INVALID, 0, "cpus %u: use 1-64", o->cpus);
+    bool has_disk_size = o->struct_size >= offsetof(blink_session_options_t, disk_size_gib) +
+                                               sizeof(o->disk_size_gib);
+    unsigned disk_size_gib = has_disk_size ? o->disk_size_gib : 0;
+    if (disk_size_gib > 1024)
+        return blink_fail(err, BLINK_E_INVALID, 0, "disk size %u GiB: use 1-1024", disk_size_gib);
     if (session_ctx_open(blink, name, &s, err) < 0 || session_ctx_lock(&s, err) < 0)
         goto out;
 
@@ -393,7 +440,7 @@ int blink_session_open(blink_t *blink, const char *name, const blink_session_opt
 
     /* Debris of an interrupted open or remove has no row: clear it. */
     blink_remove_tree(s.dir);
-    if (blink_mkdir_p(s.dir, 0700, err) < 0 || create_disk(&s, base, err) < 0)
+    if (blink_mkdir_p(s.dir, 0700, err) < 0 || create_disk(&s, base, disk_size_gib, err) < 0)
         goto fail_files;
 
     memset(&row, 0, sizeof(row));
@@ -403,6 +450,7 @@ int blink_session_open(blink_t *blink, const char *name, const blink_session_opt
     row.warm = o->warm;
     row.memory_mib = o->memory_mib ? o->memory_mib : 512;
     row.cpus = o->cpus ? o->cpus : 1;
+    row.disk_size_gib = disk_size_gib;
     if (blink_catalog_session_insert(s.catalog, &row, err) < 0)
         goto fail_files;
     if (created)
@@ -666,6 +714,7 @@ static void row_to_info(const blink_session_row_t *row, blink_session_info_t *in
     info->warm = row->warm;
     info->memory_mib = row->memory_mib;
     info->cpus = row->cpus;
+    info->disk_size_gib = row->disk_size_gib;
     info->shim_pid = row->shim_pid;
     info->qemu_pid = row->qemu_pid;
     snprintf(info->boot_id, sizeof(info->boot_id), "%s", row->boot_id);

@@ -321,6 +321,17 @@ def test_cold_session_stops_when_its_client_is_killed(session, agent):
         session not in open(f"/proc/{p}/cmdline").read() for p in shim_pids())
 
 
+def test_disk_size_grows_the_guest_root(session, agent):
+    r = run_cli("session", "open", "--name", session, "--disk-size", "8")
+    assert r.returncode == 0 and r.event["disk_size_gib"] == 8, r
+    r = run_cli("session", "run", "--name", session,
+                agent("#!/bin/sh\ndf -k / | awk 'NR==2 {print $2}'\n"))
+    assert int(r.event["stdout"]) > 7 * 1024 * 1024, r
+    r = run_cli("session", "open", "--name", session + "-x", "--disk-size", "2")
+    assert r.event["code"] == "invalid" and "smaller" in r.event["error"], r
+    assert run_cli("session", "info", "--name", session + "-x").event["code"] == "not_found"
+
+
 def test_no_shim_or_qemu_left():
     """Runs last in this module."""
     assert shim_pids() == set()
