@@ -34,6 +34,19 @@ fi
 scripts/lint.sh
 count lint $?
 
+# The SDK example builds against libblink found by pkg-config (the build
+# tree's uninstalled .pc file) and runs far enough to print its usage.
+example_dir=$(mktemp -d)
+if PKG_CONFIG_PATH="$repo/build/meson-uninstalled" \
+    make -s -C examples run-agent CFLAGS="-O2 -Wall -Wextra -Werror" >/dev/null &&
+  mv examples/run-agent "$example_dir/" &&
+  LD_LIBRARY_PATH="$repo/build/src/lib" "$example_dir/run-agent" 2>&1 | grep -q '^usage:'; then
+  count "example with pkg-config" 0
+else
+  count "example with pkg-config" 1
+fi
+rm -rf "$example_dir"
+
 # 2. unit tests: meson's summary has "Ok: N" and "Fail: N" lines.
 unit_suite() { # unit_suite LABEL BUILD_DIR [meson test args]
   local label=$1 dir=$2 log ok bad
