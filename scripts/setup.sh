@@ -27,7 +27,7 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 # Packages: the VM engine, the build, the image builder, the tests.
 packages=(
   qemu-system-x86 qemu-utils
-  gcc libc6-dev meson ninja-build pkg-config
+  gcc libc6-dev make meson ninja-build pkg-config
   libjansson-dev libarchive-dev libssl-dev libsqlite3-dev
   mmdebstrap e2fsprogs cpio zstd
   python3 python3-pytest valgrind

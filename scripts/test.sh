@@ -37,10 +37,12 @@ count lint $?
 # The SDK example builds against libblink found by pkg-config (the build
 # tree's uninstalled .pc file) and runs far enough to print its usage.
 example_dir=$(mktemp -d)
+usage=""
 if PKG_CONFIG_PATH="$repo/build/meson-uninstalled" \
     make -s -C examples run-agent CFLAGS="-O2 -Wall -Wextra -Werror" >/dev/null &&
   mv examples/run-agent "$example_dir/" &&
-  LD_LIBRARY_PATH="$repo/build/src/lib" "$example_dir/run-agent" 2>&1 | grep -q '^usage:'; then
+  usage=$(LD_LIBRARY_PATH="$repo/build/src/lib" "$example_dir/run-agent" 2>&1) ;
+  [[ $usage == usage:* ]]; then
   count "example with pkg-config" 0
 else
   count "example with pkg-config" 1
