@@ -78,6 +78,15 @@ else
   count "asan build" 1
 fi
 
+# A short fuzzing run of the BLIN decoder from its seed corpus.
+if scripts/fuzz.sh 15 > /tmp/blink-fuzz.$$.log 2>&1; then
+  count "fuzz blin decoder (15 s)" 0
+else
+  tail -30 /tmp/blink-fuzz.$$.log
+  count "fuzz blin decoder (15 s)" 1
+fi
+rm -f /tmp/blink-fuzz.$$.log
+
 # 3. end-to-end tests. Python modules come from Debian's packages, so run
 # Debian's interpreter.
 e2e_log=$(mktemp)
