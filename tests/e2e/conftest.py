@@ -83,7 +83,22 @@ def fresh_home(tmp_path):
     return home
 
 
-def qemu_pids():
-    out = subprocess.run(["pgrep", "-u", str(os.getuid()), "-f", "qemu-system-x86_64"],
+def live_pids(pattern):
+    """Our processes matching `pattern`, without zombies: an exited process
+    waits there until its parent (init, for the detached shim) reaps it."""
+    out = subprocess.run(["pgrep", "-u", str(os.getuid()), "-f", pattern],
                          capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()}
+    pids = set()
+    for pid in map(int, out.split()):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            pids.add(pid)
+    return pids
+
+
+def qemu_pids():
+    return live_pids("qemu-system-x86_64")

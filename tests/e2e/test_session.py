@@ -9,13 +9,11 @@ import time
 
 import pytest
 
-from conftest import CLI, HOME, qemu_pids, run_cli
+from conftest import CLI, HOME, live_pids, qemu_pids, run_cli
 
 
 def shim_pids():
-    out = subprocess.run(["pgrep", "-u", str(os.getuid()), "-f", "blink-shim"],
-                         capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()}
+    return live_pids("blink-shim")
 
 
 def active_executions(name):
