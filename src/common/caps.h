@@ -38,4 +38,20 @@
 /* Bytes queued towards the guest before the host stops reading new input. */
 #define BLINK_CAP_SEND_QUEUE (4u << 20)
 
+/* ---- guest side ---- */
+
+/* Concurrent executions one VM serves; each holds up to three fds. */
+#define GUEST_MAX_EXECUTIONS 128
+
+/* Concurrent file transfers; the host sends files one after another. */
+#define GUEST_MAX_TRANSFERS 16
+
+/* Stdin bytes kept for executions that are not reading their input. The
+ * protocol has no flow control towards the guest, so this is where a host
+ * that outruns a slow reader is refused (ENOBUFS) instead of growing memory:
+ * 1 MiB per execution is sixteen pipe buffers, and the total keeps a flood
+ * across many executions small next to the agents' memory. */
+#define GUEST_STDIN_QUEUE_MAX (1u << 20)
+#define GUEST_STDIN_QUEUE_TOTAL_MAX (16u << 20)
+
 #endif

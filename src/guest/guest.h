@@ -12,24 +12,12 @@
 
 #include <poll.h>
 #include <stdarg.h>
+#include "caps.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
-
-/* Concurrent executions one VM serves; each holds up to three fds. */
-#define GUEST_MAX_EXECUTIONS 128
-
-/* Concurrent file transfers; the host sends files one after another. */
-#define GUEST_MAX_TRANSFERS 16
-
-/* Stdin bytes kept for executions that are not reading their input. The
- * protocol has no flow control towards the guest, so this is where a host
- * that outruns a slow reader is refused (ENOBUFS) instead of growing memory:
- * 1 MiB per execution is sixteen pipe buffers, and the total keeps a flood
- * across many executions small next to the agents' memory. */
-#define GUEST_STDIN_QUEUE_MAX (1u << 20)
-#define GUEST_STDIN_QUEUE_TOTAL_MAX (16u << 20)
 
 #define AGENTS_CGROUP "/sys/fs/cgroup/agents"
 
