@@ -38,6 +38,19 @@
 /* Bytes queued towards the guest before the host stops reading new input. */
 #define BLINK_CAP_SEND_QUEUE (4u << 20)
 
+/* ---- the shim (one per running session VM) ---- */
+
+/* Clients, executions and file transfers one shim serves at once; each
+ * client has a decoder and an output queue, each execution a history. */
+#define SHIM_MAX_CLIENTS 64
+#define SHIM_MAX_EXECUTIONS 256
+#define SHIM_MAX_TRANSFERS 64
+/* Output kept per execution for reattach; older chunks are dropped first. */
+#define SHIM_EXEC_BUFFER (1u << 20)
+/* A client that does not read its output falls this far behind, then it is
+ * disconnected; its executions go on and keep their buffers. */
+#define SHIM_CLIENT_QUEUE_CAP (8u << 20)
+
 /* ---- guest side ---- */
 
 /* Concurrent executions one VM serves; each holds up to three fds. */

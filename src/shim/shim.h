@@ -9,15 +9,6 @@
 #include "internal.h"
 #include "vm.h"
 
-#define SHIM_MAX_CLIENTS    64
-#define SHIM_MAX_EXECUTIONS 256
-#define SHIM_MAX_TRANSFERS  64
-/* Output kept per execution for reattach; older chunks are dropped first. */
-#define SHIM_EXEC_BUFFER (1u << 20)
-/* A client that does not read its output falls this far behind, then it is
- * disconnected; its executions go on and keep their buffers. */
-#define SHIM_CLIENT_QUEUE_CAP (8u << 20)
-
 typedef struct shim_client {
     int fd;
     blin_decoder_t decoder;
