@@ -99,6 +99,7 @@ if [ "$(id -u)" -eq 0 ]; then
     /usr/bin/python3 -m pytest -p no:cacheprovider -q "$TEST_STAGE/tests/e2e" "$@" 2>&1 |
     tee "$e2e_log"
   rm -f "$e2e_log.env"
+  rm -rf "$TEST_STAGE"
 else
   /usr/bin/python3 -m pytest -p no:cacheprovider -q tests/e2e "$@" 2>&1 | tee "$e2e_log"
 fi
