@@ -36,7 +36,7 @@ typedef struct execution {
     bool pty_idle; /* no process holds the terminal any more (EIO) */
     int stdout_fd; /* read ends of the output pipes; -1 once closed */
     int stderr_fd;
-    int stdin_fd;  /* write end of the stdin pipe; -1 for /dev/null or closed */
+    int stdin_fd;           /* write end of the stdin pipe; -1 for /dev/null or closed */
     bool stdin_eof_pending; /* close the stdin pipe once the queue drains */
     uint8_t *input;         /* Stdin bytes the process has not read yet */
     size_t input_start;
@@ -45,7 +45,28 @@ typedef struct execution {
     uint64_t oom_kills_at_start;
     bool exited;
     int wait_status;
+    char run_agent[256]; /* a session run's agent file on /run, removed at exit */
 } execution_t;
+
+/* Where hosts put agent files that live only as long as their execution
+ * (session runs; docs/cli.md). Anything else is left alone. */
+#define RUN_AGENTS_DIR "/run/blink/agents/"
+
+/* Removes a session run's agent file and its own folder: on a warm VM they
+ * would otherwise fill the /run tmpfs run after run. */
+static void remove_run_agent(execution_t *e)
+{
+    if (e->run_agent[0] == '\0')
+        return;
+    if (unlink(e->run_agent) == 0) {
+        char *slash = strrchr(e->run_agent, '/');
+        if (slash != NULL && slash > e->run_agent + strlen(RUN_AGENTS_DIR)) {
+            *slash = '\0';
+            rmdir(e->run_agent);
+        }
+    }
+    e->run_agent[0] = '\0';
+}
 
 typedef enum stream { STREAM_STDOUT, STREAM_STDERR, STREAM_STDIN, STREAM_PTY } stream_t;
 
@@ -124,6 +145,10 @@ static void start_execution(execution_t *e, uint64_t id, const exec_request_t *r
     e->stdout_fd = process.stdout_fd;
     e->stderr_fd = process.stderr_fd;
     e->stdin_fd = process.stdin_fd;
+    e->run_agent[0] = '\0';
+    if (strncmp(r->argv[0], RUN_AGENTS_DIR, strlen(RUN_AGENTS_DIR)) == 0 &&
+        strlen(r->argv[0]) < sizeof(e->run_agent) && strstr(r->argv[0], "/..") == NULL)
+        memcpy(e->run_agent, r->argv[0], strlen(r->argv[0]) + 1);
 
     blin_writer_t w;
     blin_writer_init(&w);
@@ -152,8 +177,7 @@ void exec_handle_exec(uint64_t id, const uint8_t *payload, size_t len)
     } else {
         execution_t *e = claim_free_slot();
         if (e == NULL)
-            control_reply_error(id, EAGAIN, "%u executions already running",
-                                GUEST_MAX_EXECUTIONS);
+            control_reply_error(id, EAGAIN, "%u executions already running", GUEST_MAX_EXECUTIONS);
         else
             start_execution(e, id, &request);
     }
@@ -256,6 +280,7 @@ static void send_exit(execution_t *e)
     blin_put_u32(&w, flags);
     control_send_writer(BLIN_CTL_EXIT, e->id, &w);
     blin_writer_free(&w);
+    remove_run_agent(e);
     log_debug("execution %llu: pid %d ended, code %d, signal %u, flags %u",
               (unsigned long long)e->id, (int)e->pid, (int)code, term_signal, flags);
 }
@@ -369,8 +394,7 @@ void exec_handle_stdin(uint64_t id, const uint8_t *payload, size_t len)
         return;
     }
     if (input_fd(e) < 0 || e->stdin_eof_pending || e->pty_idle) {
-        control_reply_error(id, EPIPE, "stdin of execution %llu is closed",
-                            (unsigned long long)id);
+        control_reply_error(id, EPIPE, "stdin of execution %llu is closed", (unsigned long long)id);
         return;
     }
 
@@ -429,14 +453,12 @@ void exec_handle_resize(uint64_t id, const uint8_t *payload, size_t len)
 
     execution_t *e = find_execution(id);
     if (e == NULL || e->pty_fd < 0) {
-        control_reply_error(id, ENOTTY, "execution %llu has no terminal",
-                            (unsigned long long)id);
+        control_reply_error(id, ENOTTY, "execution %llu has no terminal", (unsigned long long)id);
         return;
     }
     /* The kernel sends SIGWINCH to the terminal's foreground group. */
     if (ioctl(e->pty_fd, TIOCSWINSZ, &size) < 0)
-        control_reply_error(id, errno, "resize terminal of execution %llu",
-                            (unsigned long long)id);
+        control_reply_error(id, errno, "resize terminal of execution %llu", (unsigned long long)id);
 }
 
 /* ---- polling ---- */
@@ -460,8 +482,8 @@ size_t exec_poll_prepare(struct pollfd *fds, size_t max)
         if (!e->used)
             continue;
         if (e->pty_fd >= 0 && !e->pty_idle)
-            count = add_poll(fds, count, e, STREAM_PTY,
-                             (short)(POLLIN | (e->input_len ? POLLOUT : 0)));
+            count =
+                add_poll(fds, count, e, STREAM_PTY, (short)(POLLIN | (e->input_len ? POLLOUT : 0)));
         if (e->stdout_fd >= 0)
             count = add_poll(fds, count, e, STREAM_STDOUT, POLLIN);
         if (e->stderr_fd >= 0)

@@ -73,6 +73,11 @@ def test_warm_session_reuses_the_vm(session, agent):
         r = run_cli("session", "run", "--name", session, probe)
         assert r.event["stdout"].strip() == boot_id, r
 
+    # Earlier runs' agent files are gone from the guest's /run: only ours is.
+    r = run_cli("session", "run", "--name", session,
+                agent("#!/bin/sh\nls /run/blink/agents | wc -l\n", name="count.sh"))
+    assert r.event["stdout"].strip() == "1", r
+
     listed = run_cli("session", "ls").event
     assert listed["event"] == "session_list"
     assert any(s["name"] == session and s["state"] == "running" for s in listed["sessions"])
