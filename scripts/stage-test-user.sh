@@ -17,10 +17,12 @@ id -u "$user" >/dev/null 2>&1 || useradd --system --create-home --home-dir /var/
 
 stage=/var/tmp/blink-e2e-stage
 rm -rf "$stage"
-mkdir -p "$stage/build/src/cli" "$stage/build/src/shim" "$stage/home/blink/kernels/current" \
+mkdir -p "$stage/build/src/cli" "$stage/build/src/shim" "$stage/build/src/server" \
+  "$stage/home/blink/kernels/current" \
   "$stage/home/blink/images/debian-12"
 cp "$repo/build/src/cli/blink-cli" "$stage/build/src/cli/"
 cp "$repo/build/src/shim/blink-shim" "$stage/build/src/shim/"
+cp "$repo/build/src/server/blink-server" "$stage/build/src/server/"
 cp -r "$repo/tests" "$repo/examples" "$stage/"
 
 link_or_copy() { ln -f "$1" "$2" 2>/dev/null || cp "$1" "$2"; }

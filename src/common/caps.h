@@ -51,6 +51,20 @@
  * disconnected; its executions go on and keep their buffers. */
 #define SHIM_CLIENT_QUEUE_CAP (8u << 20)
 
+/* ---- blink-server (HTTP) ---- */
+
+/* A request body: the largest legitimate one is an inline agent in base64,
+ * and agents beyond ~700 KiB belong on the host (`script`), not in JSON. */
+#define SERVER_CAP_BODY (1u << 20)
+/* Environment entries of one run request (as the CLI's --env limit). */
+#define SERVER_CAP_ENV 256
+/* Concurrent connections; each holds a thread (thread-per-connection). */
+#define SERVER_CAP_CONNECTIONS 128
+/* Longest long-poll of GET /api/runs/{id}?wait=S, in seconds. */
+#define SERVER_CAP_WAIT_SEC 60
+/* Largest run timeout a client may ask for: one day. */
+#define SERVER_CAP_TIMEOUT_SEC 86400
+
 /* ---- guest side ---- */
 
 /* Concurrent executions one VM serves; each holds up to three fds. */

@@ -73,6 +73,22 @@ static const char *const migrations[] = {
     "  PRIMARY KEY (session, name)"
     ");"
     "PRAGMA user_version = 2;",
+    /* 3: the REST server's job queue. `request` is the job as the client
+     * sent it (JSON text); `result` the execution_result JSON of a job that
+     * ran to its end, `error` why one did not. Jobs run in id order. */
+    "CREATE TABLE runs ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  status TEXT NOT NULL"
+    "    CHECK (status IN ('queued', 'running', 'succeeded', 'failed')),"
+    "  request TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  started_at INTEGER NULL,"
+    "  finished_at INTEGER NULL,"
+    "  result TEXT NULL,"
+    "  error TEXT NULL"
+    ");"
+    "CREATE INDEX runs_by_status ON runs(status, id);"
+    "PRAGMA user_version = 3;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -241,24 +257,41 @@ static int query_value(blink_catalog_t *catalog, const char *sql, int *number, c
 /* SQLite creates a database file 0644 minus the umask, and its -wal and
  * -shm files with the database file's mode. Creating the file ourselves at
  * 0600 (tightening one that exists) therefore makes all three private,
- * without touching the umask, which is process-wide and not thread-safe. */
+ * without touching the umask, which is process-wide and not thread-safe.
+ *
+ * An existing file is handled by path, never opened here: closing any
+ * descriptor of a file drops every POSIX lock the process holds on it
+ * (fcntl(2)), and so the SHARED lock of another connection this process
+ * has open (a long-lived server opens several). Another process would then
+ * take itself for the last user and delete the WAL under that connection. */
 static int create_private_file(const char *path, blink_error_t *err)
 {
-    cleanup_close int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600);
-    if (fd < 0)
-        return blink_fail(err, errno == EACCES ? BLINK_E_PERMISSION : BLINK_E_IO, errno,
-                          "[catalog] create `%s`", path);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        struct stat st;
+        if (stat(path, &st) == 0) {
+            if (!S_ISREG(st.st_mode))
+                return blink_fail(err, BLINK_E_INVALID, 0,
+                                  "[catalog] `%s` is not a regular file", path);
+            if ((st.st_mode & 07777) != 0600 && chmod(path, 0600) < 0)
+                return blink_fail(err, errno == EPERM ? BLINK_E_PERMISSION : BLINK_E_IO, errno,
+                                  "[catalog] make `%s` private", path);
+            return 0;
+        }
+        if (errno != ENOENT)
+            return blink_fail(err, errno == EACCES ? BLINK_E_PERMISSION : BLINK_E_IO, errno,
+                              "[catalog] stat `%s`", path);
 
-    struct stat st;
-    if (fstat(fd, &st) < 0)
-        return blink_fail(err, BLINK_E_IO, errno, "[catalog] stat `%s`", path);
-    if (!S_ISREG(st.st_mode))
-        return blink_fail(err, BLINK_E_INVALID, 0, "[catalog] `%s` is not a regular file", path);
-
-    if ((st.st_mode & 07777) != 0600 && fchmod(fd, 0600) < 0)
-        return blink_fail(err, errno == EPERM ? BLINK_E_PERMISSION : BLINK_E_IO, errno,
-                          "[catalog] make `%s` private", path);
-    return 0;
+        /* Missing: no connection of ours can have it open. */
+        int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOCTTY, 0600);
+        if (fd >= 0) {
+            close(fd);
+            return 0;
+        }
+        if (errno != EEXIST) /* EEXIST: another process created it first; check it */
+            return blink_fail(err, errno == EACCES ? BLINK_E_PERMISSION : BLINK_E_IO, errno,
+                              "[catalog] create `%s`", path);
+    }
+    return blink_fail(err, BLINK_E_IO, 0, "[catalog] create `%s`: it keeps changing", path);
 }
 
 static int configure_connection(blink_catalog_t *catalog, blink_error_t *err)
@@ -270,8 +303,22 @@ static int configure_connection(blink_catalog_t *catalog, blink_error_t *err)
      * the file; SQLite answers with the mode in force, which stays the old
      * one where WAL is impossible. */
     char mode[16];
-    if (query_value(catalog, "PRAGMA journal_mode = WAL", NULL, mode, sizeof(mode), err) < 0)
-        return -1;
+    /* Switching a new file to WAL takes an exclusive lock without waiting
+     * for the busy handler, so a process that opens the catalog while
+     * another creates it retries for as long as any other call would wait. */
+    uint64_t deadline = blink_now_ms() + CATALOG_BUSY_TIMEOUT_MS;
+    for (;;) {
+        blink_error_t local;
+        if (query_value(catalog, "PRAGMA journal_mode = WAL", NULL, mode, sizeof(mode),
+                        &local) == 0)
+            break;
+        if (local.code != BLINK_E_BUSY || blink_now_ms() >= deadline) {
+            if (err)
+                *err = local;
+            return -1;
+        }
+        usleep(10 * 1000);
+    }
     if (strcmp(mode, "wal") != 0)
         return blink_fail(err, BLINK_E_IO, 0,
                           "[catalog] `%s` cannot use WAL journaling (mode stays `%s`)",
@@ -772,5 +819,206 @@ int blink_catalog_checkpoint_get(blink_catalog_t *catalog, const char *session,
     row->created_at = sqlite3_column_int64(stmt, 2);
     row->size_bytes = sqlite3_column_int64(stmt, 3);
     row->memory = sqlite3_column_int64(stmt, 4) != 0;
+    return 0;
+}
+
+/* ---- the server's job queue ---- */
+
+#define RUN_COLUMNS "id, status, request, result, error, created_at, started_at, finished_at"
+
+static char *dup_column(sqlite3_stmt *stmt, int column, bool *failed)
+{
+    const unsigned char *text = sqlite3_column_text(stmt, column);
+    if (text == NULL)
+        return NULL;
+    char *copy = strdup((const char *)text);
+    if (copy == NULL)
+        *failed = true;
+    return copy;
+}
+
+static int read_run_row(sqlite3_stmt *stmt, blink_run_row_t *row, blink_error_t *err)
+{
+    bool failed = false;
+    memset(row, 0, sizeof(*row));
+    row->id = sqlite3_column_int64(stmt, 0);
+    copy_text(stmt, 1, row->status, sizeof(row->status));
+    row->request = dup_column(stmt, 2, &failed);
+    row->result = dup_column(stmt, 3, &failed);
+    row->error = dup_column(stmt, 4, &failed);
+    row->created_at = sqlite3_column_int64(stmt, 5);
+    row->started_at = sqlite3_column_int64(stmt, 6);
+    row->finished_at = sqlite3_column_int64(stmt, 7);
+    if (row->request == NULL)
+        failed = true;
+    if (failed) {
+        blink_catalog_run_row_clear(row);
+        return blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "[catalog] read run");
+    }
+    return 0;
+}
+
+void blink_catalog_run_row_clear(blink_run_row_t *row)
+{
+    free(row->request);
+    free(row->result);
+    free(row->error);
+    row->request = row->result = row->error = NULL;
+}
+
+int64_t blink_catalog_run_insert(blink_catalog_t *catalog, const char *request,
+                                 blink_error_t *err)
+{
+    static const char sql[] = "INSERT INTO runs (status, request, created_at) "
+                              "VALUES ('" BLINK_RUN_QUEUED "', :request, :created_at)";
+    cleanup_stmt sqlite3_stmt *stmt = NULL;
+    if (prepare(catalog, sql, &stmt, err) < 0)
+        return -1;
+
+    binder_t b = {.stmt = stmt, .rc = SQLITE_OK};
+    bind_text(&b, ":request", request, SIZE_MAX);
+    bind_int64(&b, ":created_at", now_ms());
+    if (binder_check(&b, err, "queue run") < 0)
+        return -1;
+
+    int rc = sqlite3_step(stmt);
+    if (rc != SQLITE_DONE)
+        return sql_fail(catalog->db, rc, err, "queue run");
+    return sqlite3_last_insert_rowid(catalog->db);
+}
+
+/* The two steps of a claim, inside the caller's transaction. */
+static int claim_in_transaction(blink_catalog_t *catalog, blink_run_row_t *row,
+                                blink_error_t *err)
+{
+    static const char pick[] = "SELECT " RUN_COLUMNS " FROM runs WHERE status = '"
+                               BLINK_RUN_QUEUED "' ORDER BY id LIMIT 1";
+    static const char mark[] = "UPDATE runs SET status = '" BLINK_RUN_RUNNING "', "
+                               "started_at = :started_at WHERE id = :id";
+    cleanup_stmt sqlite3_stmt *select = NULL;
+    if (prepare(catalog, pick, &select, err) < 0)
+        return -1;
+    int rc = sqlite3_step(select);
+    if (rc == SQLITE_DONE)
+        return 0;
+    if (rc != SQLITE_ROW)
+        return sql_fail(catalog->db, rc, err, "pick queued run");
+    if (read_run_row(select, row, err) < 0)
+        return -1;
+
+    cleanup_stmt sqlite3_stmt *update = NULL;
+    if (prepare(catalog, mark, &update, err) < 0)
+        goto fail;
+    binder_t b = {.stmt = update, .rc = SQLITE_OK};
+    row->started_at = now_ms();
+    bind_int64(&b, ":started_at", row->started_at);
+    bind_int64(&b, ":id", row->id);
+    if (binder_check(&b, err, "claim run") < 0)
+        goto fail;
+    rc = sqlite3_step(update);
+    if (rc != SQLITE_DONE) {
+        sql_fail(catalog->db, rc, err, "claim run %lld", (long long)row->id);
+        goto fail;
+    }
+    snprintf(row->status, sizeof(row->status), "%s", BLINK_RUN_RUNNING);
+    return 1;
+
+fail:
+    blink_catalog_run_row_clear(row);
+    return -1;
+}
+
+int blink_catalog_run_claim(blink_catalog_t *catalog, blink_run_row_t *row, blink_error_t *err)
+{
+    /* IMMEDIATE takes the write lock before the read, so two claimers in
+     * different processes never pick the same job. */
+    if (exec_sql(catalog, "BEGIN IMMEDIATE", err, "begin claim") < 0)
+        return -1;
+
+    int claimed = claim_in_transaction(catalog, row, err);
+    if (claimed <= 0) {
+        rollback(catalog);
+        return claimed;
+    }
+    if (exec_sql(catalog, "COMMIT", err, "commit claim") < 0) {
+        rollback(catalog);
+        blink_catalog_run_row_clear(row);
+        return -1;
+    }
+    return 1;
+}
+
+int blink_catalog_run_finish(blink_catalog_t *catalog, int64_t id, const char *result,
+                             const char *error, blink_error_t *err)
+{
+    static const char sql[] =
+        "UPDATE runs SET status = :status, result = :result, error = :error, "
+        "finished_at = :finished_at WHERE id = :id AND status = '" BLINK_RUN_RUNNING "'";
+    cleanup_stmt sqlite3_stmt *stmt = NULL;
+    if (prepare(catalog, sql, &stmt, err) < 0)
+        return -1;
+
+    binder_t b = {.stmt = stmt, .rc = SQLITE_OK};
+    bind_text(&b, ":status", result ? BLINK_RUN_SUCCEEDED : BLINK_RUN_FAILED, SIZE_MAX);
+    if (result)
+        bind_text(&b, ":result", result, SIZE_MAX);
+    else
+        bind_text(&b, ":error", error ? error : "unknown failure", SIZE_MAX);
+    bind_int64(&b, ":finished_at", now_ms());
+    bind_int64(&b, ":id", id);
+    if (binder_check(&b, err, "finish run") < 0)
+        return -1;
+
+    int rc = sqlite3_step(stmt);
+    if (rc != SQLITE_DONE)
+        return sql_fail(catalog->db, rc, err, "finish run %lld", (long long)id);
+    if (sqlite3_changes(catalog->db) == 0)
+        return blink_fail(err, BLINK_E_NOT_FOUND, 0, "[catalog] no running run %lld",
+                          (long long)id);
+    return 0;
+}
+
+int blink_catalog_run_get(blink_catalog_t *catalog, int64_t id, blink_run_row_t *row,
+                          blink_error_t *err)
+{
+    static const char sql[] = "SELECT " RUN_COLUMNS " FROM runs WHERE id = :id";
+    cleanup_stmt sqlite3_stmt *stmt = NULL;
+    if (prepare(catalog, sql, &stmt, err) < 0)
+        return -1;
+
+    binder_t b = {.stmt = stmt, .rc = SQLITE_OK};
+    bind_int64(&b, ":id", id);
+    if (binder_check(&b, err, "get run") < 0)
+        return -1;
+
+    int rc = sqlite3_step(stmt);
+    if (rc == SQLITE_DONE)
+        return blink_fail(err, BLINK_E_NOT_FOUND, 0, "[catalog] no run %lld", (long long)id);
+    if (rc != SQLITE_ROW)
+        return sql_fail(catalog->db, rc, err, "get run %lld", (long long)id);
+    return read_run_row(stmt, row, err);
+}
+
+int blink_catalog_run_fail_running(blink_catalog_t *catalog, const char *reason, int64_t *count,
+                                   blink_error_t *err)
+{
+    static const char sql[] =
+        "UPDATE runs SET status = '" BLINK_RUN_FAILED "', error = :error, "
+        "finished_at = :finished_at WHERE status = '" BLINK_RUN_RUNNING "'";
+    cleanup_stmt sqlite3_stmt *stmt = NULL;
+    if (prepare(catalog, sql, &stmt, err) < 0)
+        return -1;
+
+    binder_t b = {.stmt = stmt, .rc = SQLITE_OK};
+    bind_text(&b, ":error", reason, SIZE_MAX);
+    bind_int64(&b, ":finished_at", now_ms());
+    if (binder_check(&b, err, "fail running runs") < 0)
+        return -1;
+
+    int rc = sqlite3_step(stmt);
+    if (rc != SQLITE_DONE)
+        return sql_fail(catalog->db, rc, err, "fail running runs");
+    if (count)
+        *count = sqlite3_changes(catalog->db);
     return 0;
 }

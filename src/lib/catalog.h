@@ -94,4 +94,50 @@ int blink_catalog_checkpoint_get(blink_catalog_t *catalog, const char *session,
                                  const char *name, blink_checkpoint_row_t *row,
                                  blink_error_t *err);
 
+/* Jobs of the REST server's queue (POST /api/runs). A job is queued, then
+ * claimed by one worker (running), then succeeded (it ran to its end; the
+ * agent's exit code is in the result) or failed (Blink could not run it). */
+#define BLINK_RUN_QUEUED    "queued"
+#define BLINK_RUN_RUNNING   "running"
+#define BLINK_RUN_SUCCEEDED "succeeded"
+#define BLINK_RUN_FAILED    "failed"
+
+typedef struct blink_run_row {
+    int64_t id;
+    char status[16];
+    char *request;       /* the job's JSON text; never NULL in a row read back */
+    char *result;        /* execution_result JSON text, or NULL */
+    char *error;         /* why it failed, or NULL */
+    int64_t created_at;  /* ms since the epoch */
+    int64_t started_at;  /* 0 until claimed */
+    int64_t finished_at; /* 0 until finished */
+} blink_run_row_t;
+
+/* Frees the strings of a row read back (not the row itself). */
+void blink_catalog_run_row_clear(blink_run_row_t *row);
+
+/* Queues a job; returns its id (> 0) or -1. */
+int64_t blink_catalog_run_insert(blink_catalog_t *catalog, const char *request,
+                                 blink_error_t *err);
+
+/* Claims the oldest queued job, marking it running, in one transaction, so
+ * that of several workers (or processes) exactly one gets each job. Returns
+ * 1 with *row filled (clear it), 0 when nothing is queued, -1 on failure. */
+int blink_catalog_run_claim(blink_catalog_t *catalog, blink_run_row_t *row, blink_error_t *err);
+
+/* Ends a running job: succeeded with `result` when it is not NULL, else
+ * failed with `error`. BLINK_E_NOT_FOUND if no running job has that id. */
+int blink_catalog_run_finish(blink_catalog_t *catalog, int64_t id, const char *result,
+                             const char *error, blink_error_t *err);
+
+/* Reads one job; BLINK_E_NOT_FOUND if there is none. Clear *row after. */
+int blink_catalog_run_get(blink_catalog_t *catalog, int64_t id, blink_run_row_t *row,
+                          blink_error_t *err);
+
+/* Marks every running job failed with `reason`: on a server's start, jobs
+ * that were running when the last one ended can no longer finish. *count
+ * (may be NULL) receives how many there were. */
+int blink_catalog_run_fail_running(blink_catalog_t *catalog, const char *reason, int64_t *count,
+                                   blink_error_t *err);
+
 #endif

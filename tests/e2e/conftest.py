@@ -11,6 +11,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BUILD = pathlib.Path(os.environ.get("BLINK_BUILD_DIR", REPO / "build"))
 CLI = BUILD / "src" / "cli" / "blink-cli"
+SERVER = BUILD / "src" / "server" / "blink-server"
 AGENTS = pathlib.Path(__file__).resolve().parent / "agents"
 
 

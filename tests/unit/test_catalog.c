@@ -78,7 +78,7 @@ static void test_fresh_database(const char *dir)
     }
 
     /* Migrated to version 1, in WAL mode, with both tables. */
-    CHECK(raw_int(path, "PRAGMA user_version") == 2);
+    CHECK(raw_int(path, "PRAGMA user_version") == 3);
     CHECK(raw_int(path, "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND "
                         "name IN ('sessions', 'executions')") == 2);
     CHECK(raw_int(path, "SELECT journal_mode = 'wal' FROM pragma_journal_mode") == 1);
@@ -86,7 +86,7 @@ static void test_fresh_database(const char *dir)
 
     /* Opening again applies nothing and keeps the version. */
     CHECK(blink_catalog_open(path, &catalog, &err) == 0);
-    CHECK(raw_int(path, "PRAGMA user_version") == 2);
+    CHECK(raw_int(path, "PRAGMA user_version") == 3);
     blink_catalog_close(catalog);
 }
 
@@ -285,7 +285,7 @@ static void test_newer_schema_refused(const char *dir)
     CHECK(blink_catalog_open(path, &catalog, &err) < 0);
     CHECK(catalog == NULL);
     CHECK(err.code == BLINK_E_INVALID);
-    CHECK(strstr(err.message, "schema version 999; this blink knows up to 2") != NULL);
+    CHECK(strstr(err.message, "schema version 999; this blink knows up to 3") != NULL);
 
     /* Refused, and left as it was. */
     CHECK(raw_int(path, "PRAGMA user_version") == 999);
@@ -403,7 +403,7 @@ static void test_concurrent_first_open(const char *dir)
         CHECK(children[i] > 0 && waitpid(children[i], &status, 0) == children[i]);
         CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     }
-    CHECK(raw_int(path, "PRAGMA user_version") == 2);
+    CHECK(raw_int(path, "PRAGMA user_version") == 3);
     CHECK(raw_int(path, "SELECT count(*) FROM sessions") == WRITERS);
 }
 
