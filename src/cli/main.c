@@ -15,6 +15,7 @@ typedef struct command {
 
 static const command_t commands[] = {
     {"run", cmd_run, "run PATH [options] [-- ARGS...]   run an agent in a fresh VM"},
+    {"serve", cmd_serve, "serve --socket PATH [--handler CMD]  the V-Hub host side"},
     {"session", cmd_session,
      "session SUBCOMMAND ...          named sandboxes (see session --help)"},
 };

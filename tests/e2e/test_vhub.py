@@ -1,0 +1,183 @@
+"""blink-cli serve: the V-Hub host side, driven by a real BLIN client."""
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import CLI
+
+MAGIC = 0x424C494E
+HANDSHAKE, HEARTBEAT, ERROR = 0x01, 0x02, 0x03
+RPC_REQUEST, RPC_RESPONSE, RPC_ERROR = 0x10, 0x11, 0x12
+STREAM_DATA, STDOUT, STDERR = 0x20, 0x30, 0x31
+
+
+def frame(kind, rid, payload=b"", magic=MAGIC, version=1, length=None):
+    n = len(payload) if length is None else length
+    return struct.pack("<IBBHIQ", magic, version, kind, 0, n, rid) + payload
+
+
+def recv_frame(sock):
+    head = b""
+    while len(head) < 20:
+        chunk = sock.recv(20 - len(head))
+        if not chunk:
+            return None
+        head += chunk
+    magic, version, kind, _, length, rid = struct.unpack("<IBBHIQ", head)
+    assert magic == MAGIC and version == 1
+    body = b""
+    while len(body) < length:
+        chunk = sock.recv(length - len(body))
+        assert chunk
+        body += chunk
+    return kind, rid, body
+
+
+class Hub:
+    def __init__(self, tmp_path, *args):
+        self.path = str(tmp_path / "hub.sock")
+        self.proc = subprocess.Popen([str(CLI), "serve", "--socket", self.path, *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.events = []
+        first = json.loads(self.proc.stdout.readline())
+        assert first["event"] == "vhub_listening"
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.events.append(json.loads(line))
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(30)
+        s.connect(self.path)
+        return s
+
+    def wait_event(self, predicate, seconds=30):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for e in list(self.events):
+                if predicate(e):
+                    return e
+            time.sleep(0.05)
+        raise AssertionError(f"no such event in {self.events}")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(timeout=30) == 0
+        self.reader.join(timeout=10)
+
+
+@pytest.fixture
+def hub(tmp_path):
+    h = Hub(tmp_path)
+    yield h
+    if h.proc.poll() is None:
+        h.stop()
+
+
+def test_handshake_vector_and_reply(hub):
+    s = hub.connect()
+    # The exact 20 header bytes of a Handshake with request id 1 and 2 bytes.
+    payload = b"{}"
+    raw = frame(HANDSHAKE, 1, payload)
+    assert raw[:20] == bytes.fromhex("4e494c42" "01" "01" "0000" "02000000" "0100000000000000")
+    s.sendall(raw)
+    kind, rid, body = recv_frame(s)
+    assert (kind, rid) == (HANDSHAKE, 1)
+    assert json.loads(body)["status"] == "blink-vhub-ready"
+
+    s.sendall(frame(HANDSHAKE, 2, json.dumps({"session": "my-agent"}).encode()))
+    kind, rid, body = recv_frame(s)
+    assert json.loads(body) == {"status": "blink-vhub-ready", "session": "my-agent"}
+    s.sendall(frame(HEARTBEAT, 3, b"beat"))
+    assert recv_frame(s) == (HEARTBEAT, 3, b"beat")
+
+
+def test_builtin_rpc_and_relay(hub):
+    s = hub.connect()
+    s.sendall(frame(RPC_REQUEST, 7, json.dumps({"method": "ping", "params": {}}).encode()))
+    kind, rid, body = recv_frame(s)
+    assert (kind, rid, json.loads(body)) == (RPC_RESPONSE, 7, {"result": "pong"})
+    s.sendall(frame(RPC_REQUEST, 8, json.dumps({"method": "time"}).encode()))
+    kind, rid, body = recv_frame(s)
+    assert kind == RPC_RESPONSE and abs(json.loads(body)["result"]["unix_ms"] / 1000
+                                        - time.time()) < 60
+    s.sendall(frame(RPC_REQUEST, 9, json.dumps({"method": "nope"}).encode()))
+    kind, rid, body = recv_frame(s)
+    assert (kind, rid) == (RPC_ERROR, 9) and "unknown method" in json.loads(body)["error"]
+
+    s.sendall(frame(STDOUT, 11, b"hello out") + frame(STDERR, 12, b"hello err\xff"))
+    e = hub.wait_event(lambda e: e["event"] == "stdout")
+    assert e["data"] == "hello out" and e["request_id"] == 11
+    e = hub.wait_event(lambda e: e["event"] == "stderr")
+    assert e["data"] == "hello err\ufffd"
+
+
+def test_rpc_handler_program(tmp_path):
+    handler = tmp_path / "handler.py"
+    handler.write_text("import json, sys\n"
+                       "req = json.load(sys.stdin)\n"
+                       "json.dump({'result': {'echo': req['params'], 'method': req['method']}},"
+                       " sys.stdout)\n")
+    hub = Hub(tmp_path, "--handler", f"/usr/bin/python3 {handler}")
+    try:
+        s = hub.connect()
+        s.sendall(frame(RPC_REQUEST, 21, json.dumps({"method": "search",
+                                                     "params": {"q": "x"}}).encode()))
+        kind, rid, body = recv_frame(s)
+        assert (kind, rid) == (RPC_RESPONSE, 21)
+        assert json.loads(body) == {"result": {"echo": {"q": "x"}, "method": "search"}}
+    finally:
+        hub.stop()
+
+
+def test_fifty_connections_at_once(hub):
+    socks = [hub.connect() for _ in range(50)]
+    for i, s in enumerate(socks):
+        s.sendall(frame(RPC_REQUEST, 1000 + i, json.dumps({"method": "ping"}).encode()))
+    for i, s in enumerate(socks):
+        kind, rid, _ = recv_frame(s)
+        assert (kind, rid) == (RPC_RESPONSE, 1000 + i)
+
+
+@pytest.mark.parametrize("raw", [
+    frame(HEARTBEAT, 1, magic=0x12345678),             # bad magic
+    frame(HEARTBEAT, 1, version=9),                    # unknown version
+    frame(0x7F, 1),                                    # unknown type
+    frame(STDOUT, 1, length=0xFFFFFFFF),               # a 4 GiB claim
+])
+def test_hostile_frames_close_only_that_peer(hub, raw):
+    good = hub.connect()
+    bad = hub.connect()
+    bad.sendall(raw)
+    reply = recv_frame(bad)
+    assert reply is not None and reply[0] == ERROR
+    assert bad.recv(1) == b""  # then the hub hangs up
+    good.sendall(frame(HEARTBEAT, 5, b"ok"))
+    assert recv_frame(good) == (HEARTBEAT, 5, b"ok")
+
+
+def test_half_frame_then_rest(hub):
+    s = hub.connect()
+    raw = frame(HEARTBEAT, 6, b"split")
+    s.sendall(raw[:11])
+    time.sleep(0.3)
+    s.sendall(raw[11:])
+    assert recv_frame(s) == (HEARTBEAT, 6, b"split")
+
+
+def test_stop_removes_the_socket(tmp_path):
+    hub = Hub(tmp_path)
+    assert os.path.exists(hub.path)
+    hub.stop()
+    assert not os.path.exists(hub.path)
+    assert hub.events[-1]["event"] == "vhub_stopped"
