@@ -23,7 +23,7 @@ mkdir -p "$stage/build/src/cli" "$stage/build/src/shim" "$stage/build/src/server
 cp "$repo/build/src/cli/blink-cli" "$stage/build/src/cli/"
 cp "$repo/build/src/shim/blink-shim" "$stage/build/src/shim/"
 cp "$repo/build/src/server/blink-server" "$stage/build/src/server/"
-cp -r "$repo/tests" "$repo/examples" "$stage/"
+cp -r "$repo/tests" "$repo/examples" "$repo/share" "$stage/"
 
 link_or_copy() { ln -f "$1" "$2" 2>/dev/null || cp "$1" "$2"; }
 kernel=$(readlink -f "$src_home/kernels/current")

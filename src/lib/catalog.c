@@ -1022,3 +1022,91 @@ int blink_catalog_run_fail_running(blink_catalog_t *catalog, const char *reason,
         *count = sqlite3_changes(catalog->db);
     return 0;
 }
+
+/* Runs take seconds under TCG and up to the 1-day cap; buckets in ms. */
+const int64_t blink_run_duration_bounds_ms[BLINK_RUN_DURATION_BUCKETS] = {
+    500, 1000, 2500, 5000, 10000, 30000, 120000, 600000,
+};
+
+int blink_catalog_run_recent(blink_catalog_t *catalog, unsigned limit, blink_run_row_t **rows,
+                             size_t *count, blink_error_t *err)
+{
+    static const char sql[] = "SELECT " RUN_COLUMNS " FROM runs ORDER BY id DESC LIMIT :limit";
+    cleanup_stmt sqlite3_stmt *stmt = NULL;
+    *rows = NULL;
+    *count = 0;
+    if (prepare(catalog, sql, &stmt, err) < 0)
+        return -1;
+
+    binder_t b = {.stmt = stmt, .rc = SQLITE_OK};
+    bind_int64(&b, ":limit", limit);
+    if (binder_check(&b, err, "list runs") < 0)
+        return -1;
+
+    blink_run_row_t *out = calloc(limit ? limit : 1, sizeof(*out));
+    if (out == NULL)
+        return blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "[catalog] list runs");
+    size_t n = 0;
+    int rc;
+    while (n < limit && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        if (read_run_row(stmt, &out[n], err) < 0)
+            goto fail;
+        n++;
+    }
+    if (n < limit && rc != SQLITE_DONE) {
+        sql_fail(catalog->db, rc, err, "list runs");
+        goto fail;
+    }
+    *rows = out;
+    *count = n;
+    return 0;
+
+fail:
+    for (size_t i = 0; i < n; i++)
+        blink_catalog_run_row_clear(&out[i]);
+    free(out);
+    return -1;
+}
+
+int blink_catalog_run_stats(blink_catalog_t *catalog, blink_run_stats_t *stats,
+                            blink_error_t *err)
+{
+    static const char by_status[] = "SELECT status, count(*) FROM runs GROUP BY status";
+    static const char durations[] =
+        "SELECT finished_at - started_at FROM runs WHERE finished_at IS NOT NULL AND "
+        "started_at IS NOT NULL AND status = '" BLINK_RUN_SUCCEEDED "'";
+    memset(stats->count_by_status, 0, sizeof(stats->count_by_status));
+    memset(stats->duration_buckets, 0, sizeof(stats->duration_buckets));
+    stats->duration_count = 0;
+    stats->duration_sum_ms = 0;
+
+    cleanup_stmt sqlite3_stmt *stmt = NULL;
+    if (prepare(catalog, by_status, &stmt, err) < 0)
+        return -1;
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        const char *status = (const char *)sqlite3_column_text(stmt, 0);
+        static const char *const names[] = {BLINK_RUN_QUEUED, BLINK_RUN_RUNNING,
+                                            BLINK_RUN_SUCCEEDED, BLINK_RUN_FAILED};
+        for (int i = 0; i < 4; i++)
+            if (status && strcmp(status, names[i]) == 0)
+                stats->count_by_status[i] = sqlite3_column_int64(stmt, 1);
+    }
+    if (rc != SQLITE_DONE)
+        return sql_fail(catalog->db, rc, err, "count runs");
+
+    cleanup_stmt sqlite3_stmt *times = NULL;
+    if (prepare(catalog, durations, &times, err) < 0)
+        return -1;
+    while ((rc = sqlite3_step(times)) == SQLITE_ROW) {
+        int64_t ms = sqlite3_column_int64(times, 0);
+        stats->duration_count++;
+        stats->duration_sum_ms += ms;
+        for (int i = 0; i < BLINK_RUN_DURATION_BUCKETS; i++)
+            if (ms <= blink_run_duration_bounds_ms[i])
+                stats->duration_buckets[i]++;
+    }
+    if (rc != SQLITE_DONE)
+        return sql_fail(catalog->db, rc, err, "run durations");
+    return 0;
+}

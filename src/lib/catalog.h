@@ -140,4 +140,22 @@ int blink_catalog_run_get(blink_catalog_t *catalog, int64_t id, blink_run_row_t 
 int blink_catalog_run_fail_running(blink_catalog_t *catalog, const char *reason, int64_t *count,
                                    blink_error_t *err);
 
+/* The newest `limit` jobs, newest first. Clear each row and free *rows. */
+int blink_catalog_run_recent(blink_catalog_t *catalog, unsigned limit, blink_run_row_t **rows,
+                             size_t *count, blink_error_t *err);
+
+/* Job counts by status and the durations of succeeded jobs as cumulative
+ * histogram buckets (Prometheus style: bucket i counts durations up to
+ * blink_run_duration_bounds_ms[i]). */
+#define BLINK_RUN_DURATION_BUCKETS 8
+extern const int64_t blink_run_duration_bounds_ms[BLINK_RUN_DURATION_BUCKETS];
+typedef struct blink_run_stats {
+    int64_t count_by_status[4]; /* queued, running, succeeded, failed */
+    int64_t duration_buckets[BLINK_RUN_DURATION_BUCKETS];
+    int64_t duration_count;
+    int64_t duration_sum_ms;
+} blink_run_stats_t;
+int blink_catalog_run_stats(blink_catalog_t *catalog, blink_run_stats_t *stats,
+                            blink_error_t *err);
+
 #endif

@@ -31,6 +31,7 @@ static const struct route {
     {"POST", "sessions/*/export", route_session_export},
     {"GET", "exports/**", route_export_download},
     {"POST", "runs", route_runs_queue},
+    {"GET", "runs", route_runs_list},
     {"GET", "runs/*", route_runs_get},
 };
 
@@ -78,6 +79,13 @@ static bool match(const char *pattern, const char *path, char *scratch, size_t s
 enum MHD_Result routes_dispatch(request_t *req)
 {
     const char *path = req->path;
+    bool get = strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
+    /* Outside the API: the page for people and the metrics for scrapers. */
+    if (strcmp(path, "/") == 0 || strcmp(path, "/metrics") == 0) {
+        if (!get)
+            return http_error(req, MHD_HTTP_METHOD_NOT_ALLOWED, "use GET");
+        return path[1] == '\0' ? route_status_page(req, NULL) : route_metrics(req, NULL);
+    }
     if (strncmp(path, API_PREFIX, strlen(API_PREFIX)) != 0)
         return http_error(req, MHD_HTTP_NOT_FOUND, "no route `%s`", path);
     path += strlen(API_PREFIX);

@@ -143,6 +143,10 @@ enum MHD_Result route_export_download(request_t *req, char **params);
 
 enum MHD_Result route_runs_queue(request_t *req, char **params);
 enum MHD_Result route_runs_get(request_t *req, char **params);
+/* status.c */
+enum MHD_Result route_runs_list(request_t *req, char **params);
+enum MHD_Result route_metrics(request_t *req, char **params);
+enum MHD_Result route_status_page(request_t *req, char **params);
 
 /* runs.c: the worker pool. */
 int jobs_start(server_t *server, unsigned workers, blink_error_t *err);

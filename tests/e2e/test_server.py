@@ -8,11 +8,12 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 import pytest
 
-from conftest import HOME, SERVER
+from conftest import HOME, REPO, SERVER
 
 SESSION = "srv-e2e"
 TINY_AGENT = "#!/bin/sh\necho \"hello $GREETING\"\necho to-stderr >&2\n"
@@ -39,7 +40,8 @@ class Server:
         self.home = home
         self.port = port or free_port()
         self.log = open(home / f"server-{self.port}.log", "ab")
-        env = dict(os.environ, BLINK_HOME=str(home), BLINK_ACCEL="auto")
+        env = dict(os.environ, BLINK_HOME=str(home), BLINK_ACCEL="auto",
+                   BLINK_STATIC_DIR=str(REPO / "share" / "blink"))
         env.pop("BLINK_PORT", None)
         env.pop("BLINK_BIND", None)
         self.proc = subprocess.Popen([str(SERVER), "--port", str(self.port), "--workers",
@@ -313,3 +315,49 @@ def test_queued_job_survives_restart(tmp_path):
         assert job["result"]["stdout"] == "hello again\n"
     finally:
         second.stop()
+
+
+def test_runs_list_and_metrics(server):
+    job = server.json("POST", "/api/runs",
+                      {"script_inline": base64.b64encode(b"#!/bin/sh\necho m\n").decode()},
+                      expect=202)
+    done = server.json("GET", f"/api/runs/{job['id']}?wait=60")
+    assert done["status"] == "succeeded", done
+    runs = server.json("GET", "/api/runs")
+    assert runs["event"] == "run_list"
+    assert any(r["id"] == job["id"] and r["duration_ms"] is not None for r in runs["runs"])
+
+    status, headers, payload = server.request("GET", "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    text = payload.decode()
+    for needle in ('blink_runs{status="succeeded"}', "blink_run_queue_depth ",
+                   "blink_running_vms ", 'blink_run_duration_seconds_bucket{le="+Inf"}',
+                   "blink_run_duration_seconds_count "):
+        assert needle in text, text
+    succeeded = [line for line in text.splitlines()
+                 if line.startswith('blink_runs{status="succeeded"}')]
+    assert int(succeeded[0].split()[-1]) >= 1
+    assert server.request("POST", "/metrics")[0] == 405
+
+
+def test_status_page_in_a_browser(server):
+    status, headers, payload = server.request("GET", "/")
+    assert status == 200 and b"<title>Blink status</title>" in payload
+    server.json("POST", "/api/sessions", {"name": "seen-in-browser"}, expect=201)
+    try:
+        chromium = shutil.which("chromium")
+        assert chromium, "chromium is not installed (scripts/setup.sh installs it)"
+        with tempfile.TemporaryDirectory() as user_data:
+            proc = subprocess.run(
+                [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", f"--user-data-dir={user_data}",
+                 "--virtual-time-budget=10000", "--dump-dom",
+                 f"http://127.0.0.1:{server.port}/"],
+                capture_output=True, text=True, timeout=180)
+        dom = proc.stdout
+        assert 'data-session="seen-in-browser"' in dom, (dom[-2000:], proc.stderr[-2000:])
+        assert "healthy" in dom
+    finally:
+        server.request("DELETE", "/api/sessions/seen-in-browser")
+
