@@ -30,7 +30,7 @@ packages=(
   gcc libc6-dev make meson ninja-build pkg-config
   libjansson-dev libarchive-dev libssl-dev libsqlite3-dev libmicrohttpd-dev
   mmdebstrap e2fsprogs cpio zstd
-  python3 python3-pytest valgrind clang libclang-rt-14-dev chromium
+  python3 python3-pytest valgrind clang libclang-rt-14-dev chromium wrk
 )
 
 install_packages() {
