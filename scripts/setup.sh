@@ -28,9 +28,9 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 packages=(
   qemu-system-x86 qemu-utils
   gcc libc6-dev make meson ninja-build pkg-config
-  libjansson-dev libarchive-dev libssl-dev libsqlite3-dev libmicrohttpd-dev
+  libjansson-dev libarchive-dev libssl-dev libsqlite3-dev libmicrohttpd-dev libwslay-dev
   mmdebstrap e2fsprogs cpio zstd
-  python3 python3-pytest valgrind clang libclang-rt-14-dev chromium wrk
+  python3 python3-pytest python3-websocket valgrind clang libclang-rt-14-dev chromium wrk
 )
 
 install_packages() {

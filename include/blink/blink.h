@@ -119,6 +119,9 @@ BLINK_API int blink_result_signal(const blink_result_t *result);
 BLINK_API bool blink_result_timed_out(const blink_result_t *result);
 BLINK_API bool blink_result_oom_killed(const blink_result_t *result);
 BLINK_API uint64_t blink_result_duration_ms(const blink_result_t *result);
+/* How long the VM took to boot for this run (QEMU start to the guest's
+ * Ready), 0 when the run used a VM that was already running. */
+BLINK_API uint64_t blink_result_boot_ms(const blink_result_t *result);
 /* Kept output of a stream (up to the cap). Valid until the result is freed;
  * not NUL-terminated in general, may contain any bytes. */
 BLINK_API const char *blink_result_output(const blink_result_t *result, blink_stream_t stream,
@@ -245,6 +248,36 @@ BLINK_API bool blink_execution_timed_out(const blink_execution_t *execution);
 
 /* Disconnects (a running process goes on in a warm session) and frees. */
 BLINK_API void blink_execution_free(blink_execution_t *execution);
+
+/* The execution's id in its session, for blink_session_attach (0 when the
+ * session's catalog could not record it: such an execution cannot be
+ * attached to). */
+BLINK_API uint64_t blink_execution_id(const blink_execution_t *execution);
+
+typedef struct blink_attach_options {
+    size_t struct_size;        /* sizeof(blink_attach_options_t) */
+    uint64_t after_seq;        /* replay the output chunks numbered after this; 0: all kept */
+    blink_output_fn on_output; /* replayed, then live output */
+    void *userdata;
+} blink_attach_options_t;
+
+/* Follows execution `execution_id` of the running VM of session `name`
+ * (any number of times, by any number of clients at once): the output
+ * chunks the VM's shim still keeps after `after_seq` are delivered first,
+ * then live output; an ended execution still kept delivers its exit. The
+ * handle drives it like a spawned one (write, resize, kill, pump). Fails
+ * with BLINK_E_NOT_FOUND when the VM does not run or no longer keeps the
+ * execution. Output chunks are numbered from 1 per execution. */
+BLINK_API int blink_session_attach(blink_t *blink, const char *name, uint64_t execution_id,
+                                   const blink_attach_options_t *options,
+                                   blink_execution_t **execution, blink_error_t *err);
+
+/* The number of the next output chunk on_output will receive. */
+BLINK_API uint64_t blink_execution_next_seq(const blink_execution_t *execution);
+
+/* After an attach: how many chunks after `after_seq` were no longer kept
+ * (the shim keeps the newest BLINK_EXEC_HISTORY bytes per execution). */
+BLINK_API uint64_t blink_execution_dropped(const blink_execution_t *execution);
 
 /* ---- checkpoints: qcow2 internal snapshots of the session disk ---- */
 

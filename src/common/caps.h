@@ -45,8 +45,17 @@
 #define SHIM_MAX_CLIENTS 64
 #define SHIM_MAX_EXECUTIONS 256
 #define SHIM_MAX_TRANSFERS 64
-/* Output kept per execution for reattach; older chunks are dropped first. */
+/* Output kept per execution for reattach; older chunks are dropped first.
+ * BLINK_EXEC_HISTORY (read by the shim when it starts) sets another size
+ * within the bounds: every running execution may hold this much. */
 #define SHIM_EXEC_BUFFER (1u << 20)
+#define SHIM_EXEC_BUFFER_MIN (64u << 10)
+#define SHIM_EXEC_BUFFER_MAX (64u << 20)
+/* Ended executions kept (output and exit status) for clients that attach
+ * late; the oldest goes first. */
+#define SHIM_MAX_FINISHED 32
+/* Attachments: clients following an execution they did not start. */
+#define SHIM_MAX_SUBSCRIBERS 256
 /* A client that does not read its output falls this far behind, then it is
  * disconnected; its executions go on and keep their buffers. */
 #define SHIM_CLIENT_QUEUE_CAP (8u << 20)
@@ -58,8 +67,20 @@
 #define SERVER_CAP_BODY (1u << 20)
 /* Environment entries of one run request (as the CLI's --env limit). */
 #define SERVER_CAP_ENV 256
+/* Arguments of one spawn request: with the environment, well under the
+ * guest's BLINK_CAP_EXEC_STRINGS. */
+#define SERVER_CAP_ARGS 1024
 /* Concurrent connections; each holds a thread (thread-per-connection). */
 #define SERVER_CAP_CONNECTIONS 128
+/* One WebSocket message from an attached client (stdin bytes or a JSON
+ * control message): stdin goes to the guest in 32 KiB frames anyway. */
+#define SERVER_CAP_WS_MESSAGE (1u << 20)
+/* Output queued for one attached client before the server stops reading
+ * the execution for it; the shim then queues what comes up to its client
+ * cap and drops the connection, and the client reattaches with ?after=. */
+#define SERVER_CAP_WS_QUEUE (4u << 20)
+/* Output of a running job kept for GET /api/runs/{id}/logs, newest first. */
+#define SERVER_CAP_RUN_LOG (1u << 20)
 /* Longest long-poll of GET /api/runs/{id}?wait=S, in seconds. */
 #define SERVER_CAP_WAIT_SEC 60
 /* Largest run timeout a client may ask for: one day. */

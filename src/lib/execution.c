@@ -20,6 +20,9 @@ struct blink_execution {
     int exit_code;
     int signal;
     bool timed_out;
+    uint64_t id;       /* the shim's execution id (the catalog row), 0 if unknown */
+    uint64_t next_seq; /* number of the next output chunk */
+    uint64_t dropped;  /* chunks an attach asked for that were no longer kept */
 };
 
 static int check_spawn_options(const blink_spawn_options_t *o, blink_error_t *err)
@@ -138,8 +141,16 @@ int blink_session_spawn(blink_t *blink, const char *name, const blink_spawn_opti
         }
         if (h.request_id != EXEC_ID)
             continue;
-        if (h.type == BLIN_CTL_STARTED)
+        if (h.type == BLIN_CTL_STARTED) {
+            /* u32 pid, then (from the shim) u64 execution id. */
+            blin_cursor_t c;
+            blin_cursor_init(&c, payload, h.length);
+            blin_get_u32(&c);
+            uint64_t id = blin_get_u64(&c);
+            x->id = c.failed ? 0 : id;
+            x->next_seq = 1;
             break;
+        }
         if (h.type == BLIN_ERROR) {
             char text[512];
             blink_error_frame_text(payload, h.length, text, sizeof(text));
@@ -175,6 +186,8 @@ int blink_execution_pump(blink_execution_t *x, int timeout_ms, blink_error_t *er
         if (h.request_id != EXEC_ID)
             continue;
 
+        if (h.type == BLIN_STDOUT || h.type == BLIN_STDERR)
+            x->next_seq++;
         if ((h.type == BLIN_STDOUT || h.type == BLIN_STDERR) && x->on_output) {
             x->on_output(h.type == BLIN_STDOUT ? BLINK_STDOUT : BLINK_STDERR, (const char *)payload,
                          h.length, x->userdata);
@@ -236,4 +249,99 @@ int blink_execution_exit_signal(const blink_execution_t *x)
 bool blink_execution_timed_out(const blink_execution_t *x)
 {
     return x->timed_out;
+}
+
+uint64_t blink_execution_id(const blink_execution_t *x)
+{
+    return x->id;
+}
+
+uint64_t blink_execution_next_seq(const blink_execution_t *x)
+{
+    return x->next_seq;
+}
+
+uint64_t blink_execution_dropped(const blink_execution_t *x)
+{
+    return x->dropped;
+}
+
+/* Reads the shim's Attach reply: which chunks it still keeps. The replayed
+ * chunks follow in order, numbered from the first one after `after` that
+ * is kept, so counting them continues the numbering. */
+static int read_attach_reply(blink_execution_t *x, uint64_t after, blink_error_t *err)
+{
+    for (;;) {
+        blin_header_t h;
+        const uint8_t *payload;
+        if (blink_shim_recv(&x->conn, 30000, &h, &payload, err) <= 0)
+            return blink_fail(err, BLINK_E_VM, 0, "attach: no answer from the session's vm");
+        if (h.request_id != EXEC_ID)
+            continue;
+        if (h.type == BLIN_ERROR) {
+            char text[512];
+            blink_error_frame_text(payload, h.length, text, sizeof(text));
+            return blink_fail(err, BLINK_E_NOT_FOUND, 0, "attach to execution %llu: %s",
+                              (unsigned long long)x->id, text);
+        }
+        if (h.type != BLIN_SHIM_ATTACH)
+            continue;
+
+        blin_cursor_t c;
+        blin_cursor_init(&c, payload, h.length);
+        uint64_t first = blin_get_u64(&c);
+        uint64_t last = blin_get_u64(&c);
+        blin_get_u32(&c);
+        if (c.failed || first == 0 || first > last + 1)
+            return blink_fail(err, BLINK_E_PROTOCOL, 0, "attach: malformed reply from the shim");
+        uint64_t wanted = (after < last ? after : last) + 1;
+        x->dropped = first > wanted ? first - wanted : 0;
+        x->next_seq = first > wanted ? first : wanted;
+        return 0;
+    }
+}
+
+int blink_session_attach(blink_t *blink, const char *name, uint64_t execution_id,
+                         const blink_attach_options_t *options, blink_execution_t **execution,
+                         blink_error_t *err)
+{
+    *execution = NULL;
+    const blink_attach_options_t *o = options;
+    if (o == NULL || o->struct_size < sizeof(size_t) || o->struct_size > sizeof(*o))
+        return blink_fail(err, BLINK_E_INVALID, 0, "attach options: missing or bad struct_size");
+    if (execution_id == 0 || execution_id > INT64_MAX)
+        return blink_fail(err, BLINK_E_INVALID, 0, "attach: bad execution id");
+
+    blink_execution_t *x = calloc(1, sizeof(*x));
+    if (x == NULL)
+        return blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "attach");
+    x->conn.fd = -1;
+    x->session.lock_fd = -1;
+    x->on_output = o->on_output;
+    x->userdata = o->userdata;
+    x->id = execution_id;
+
+    /* No lock and no boot: the execution lives in a running VM or nowhere. */
+    if (session_ctx_open(blink, name, &x->session, err) < 0 ||
+        blink_catalog_session_get(x->session.catalog, name, &x->row, err) < 0)
+        goto fail;
+    if (blink_shim_connect(x->session.socket, &x->conn, err) < 0) {
+        blink_fail(err, BLINK_E_NOT_FOUND, 0, "attach: session `%s` is not running", name);
+        goto fail;
+    }
+
+    uint8_t request[16];
+    for (int i = 0; i < 8; i++) {
+        request[i] = (uint8_t)(execution_id >> (8 * i));
+        request[8 + i] = (uint8_t)(o->after_seq >> (8 * i));
+    }
+    if (blink_shim_send(&x->conn, BLIN_SHIM_ATTACH, EXEC_ID, request, sizeof(request), err) < 0 ||
+        read_attach_reply(x, o->after_seq, err) < 0)
+        goto fail;
+    *execution = x;
+    return 0;
+
+fail:
+    blink_execution_free(x);
+    return -1;
 }

@@ -77,6 +77,11 @@ uint64_t blink_result_duration_ms(const blink_result_t *r)
     return r->duration_ms;
 }
 
+uint64_t blink_result_boot_ms(const blink_result_t *r)
+{
+    return r->boot_ms;
+}
+
 const char *blink_result_output(const blink_result_t *r, blink_stream_t stream, size_t *len)
 {
     blink_output_t *o = output_of(r, stream);

@@ -20,6 +20,7 @@ struct blink_result {
     bool timed_out;
     bool oom_killed;
     uint64_t duration_ms;
+    uint64_t boot_ms; /* VM boot to the guest's Ready; 0 if the VM already ran */
     blink_output_t out[2]; /* [0] stdout, [1] stderr */
 };
 

@@ -312,6 +312,7 @@ static int run_steps(run_t *run, const char *agent_path, blink_error_t *err)
                           (unsigned long long)(boot_limit / 1000));
     if (rc < 0)
         return -1;
+    run->result->boot_ms = blink_now_ms() - run->vm->started_ms;
 
     /* 2. init and the agent file */
     if (send_init(run, err) < 0 || send_file_begin(run, guest_path, err) < 0)

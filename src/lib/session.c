@@ -623,9 +623,13 @@ int blink_session_run(blink_t *blink, const char *name, const char *agent_path,
         return -1;
     if ((fd = blink_agent_open(agent_path, &size, err)) < 0 || session_ctx_lock(&s, err) < 0)
         goto out;
+    /* The shim records when the guest became ready: later than this only
+     * if this run booted the VM. */
+    int64_t asked_at = (int64_t)(blink_wall_ns() / 1000000);
     if (blink_catalog_session_get(s.catalog, name, &row, err) < 0 ||
         session_ensure_running(&s, &row, err) < 0)
         goto out;
+    uint64_t boot_ms = row.started_at >= asked_at ? (uint64_t)(row.started_at - asked_at) : 0;
 
     /* A warm session serves runs concurrently; let others in. */
     if (row.warm) {
@@ -638,6 +642,7 @@ int blink_session_run(blink_t *blink, const char *name, const char *agent_path,
         blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "allocate result");
         goto out;
     }
+    r->boot_ms = boot_ms;
     rc = run_via_shim(&s, agent_path, o, fd, size, r, err);
 
     if (!row.warm) {

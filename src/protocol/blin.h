@@ -57,6 +57,8 @@ enum {
     BLIN_SHIM_RESTORE = 0x54,      /* both: str name (a memory checkpoint); empty reply */
     BLIN_SHIM_DELETE = 0x55,       /* both: str name; empty reply */
     BLIN_SHIM_EXPORT = 0x56,       /* both: str path; copies the disk while paused */
+    BLIN_SHIM_ATTACH = 0x57,       /* client: u64 execution id, u64 after seq; reply:
+                                      u64 first seq, u64 last seq, u32 flags, then output */
 };
 
 /* Flags of an Exit frame (third u32 of its payload). */

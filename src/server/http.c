@@ -222,6 +222,9 @@ enum MHD_Result http_access(void *cls, struct MHD_Connection *connection, const 
         if (req == NULL)
             return MHD_NO;
         *con_cls = req;
+        /* An archive upload streams to disk under its own limit. */
+        if (strcmp(method, "POST") == 0 && strcmp(url, "/api/import") == 0)
+            return upload_begin(req);
         if (announced_too_large(connection))
             return http_error(req, MHD_HTTP_CONTENT_TOO_LARGE, "request body over %u bytes",
                               SERVER_CAP_BODY);
@@ -229,6 +232,11 @@ enum MHD_Result http_access(void *cls, struct MHD_Connection *connection, const 
     }
 
     /* 2. Body chunks, kept up to the cap and then dropped. */
+    if (*upload_data_size > 0 && req->upload) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        return upload_chunk(req, upload_data, n);
+    }
     if (*upload_data_size > 0) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
@@ -276,6 +284,8 @@ void http_completed(void *cls, struct MHD_Connection *connection, void **con_cls
              (unsigned long long)(blink_now_ms() - req->started_ms),
              toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection ended early)");
 
+    if (req->upgrade)
+        req->upgrade_free(req->upgrade);
     blink_buf_free(&req->body);
     free(req->path);
     free(req);

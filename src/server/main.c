@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 
 #define DEFAULT_BIND "127.0.0.1"
@@ -183,9 +184,14 @@ static int server_init(server_t *server, blink_error_t *err)
         rc = pthread_cond_init(&server->changed, &attr);
     if (rc == 0)
         rc = pthread_cond_init(&server->idle, NULL);
+    if (rc == 0)
+        rc = pthread_cond_init(&server->logs_changed, &attr);
     pthread_condattr_destroy(&attr);
     if (rc != 0)
         return blink_fail(err, BLINK_E_IO, rc, "initialize the server");
+    server->stop_fd = eventfd(0, EFD_CLOEXEC);
+    if (server->stop_fd < 0)
+        return blink_fail(err, BLINK_E_IO, errno, "initialize the server");
 
     server->blink = blink_open(NULL, err);
     if (server->blink == NULL)
@@ -199,7 +205,7 @@ static struct MHD_Daemon *start_http(server_t *server, int listen_fd, blink_erro
     /* Thread per connection: a synchronous session run or a long-poll
      * blocks its own connection only. MHD_USE_ITC lets a stop quiesce. */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
-                     MHD_USE_ITC;
+                     MHD_USE_ITC | MHD_ALLOW_UPGRADE;
     struct MHD_Daemon *daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, http_access, server, MHD_OPTION_LISTEN_SOCKET, listen_fd,
         MHD_OPTION_NOTIFY_COMPLETED, http_completed, server, MHD_OPTION_CONNECTION_LIMIT,
@@ -216,6 +222,9 @@ static void stop_http(server_t *server, struct MHD_Daemon *daemon, int listen_fd
      * job. 3. Requests in progress finish. 4. Idle connections close. */
     MHD_quiesce_daemon(daemon);
     jobs_begin_stop(server);
+    uint64_t one = 1;
+    if (write(server->stop_fd, &one, sizeof(one)) < 0)
+        log_warn("http", "wake attached clients: %s", strerror(errno));
     http_wait_idle(server);
     MHD_stop_daemon(daemon);
     close(listen_fd); /* after MHD_stop_daemon, as MHD_quiesce_daemon asks */

@@ -28,11 +28,16 @@ static const struct route {
     {"POST", "sessions/*/checkpoints", route_checkpoints_create},
     {"GET", "sessions/*/checkpoints", route_checkpoints_list},
     {"POST", "sessions/*/checkpoints/*/restore", route_checkpoint_restore},
+    {"DELETE", "sessions/*/checkpoints/*", route_checkpoint_delete},
+    {"POST", "sessions/*/spawn", route_session_spawn},
+    {"GET", "sessions/*/executions/*/attach", route_execution_attach},
     {"POST", "sessions/*/export", route_session_export},
     {"GET", "exports/**", route_export_download},
+    {"POST", "import", route_import},
     {"POST", "runs", route_runs_queue},
     {"GET", "runs", route_runs_list},
     {"GET", "runs/*", route_runs_get},
+    {"GET", "runs/*/logs", route_run_logs},
 };
 
 /* Matches `path` (below /api/) against `pattern`, filling params with

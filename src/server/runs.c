@@ -21,6 +21,11 @@
  * queued or finished by another server on the same BLINK_HOME. */
 #define JOBS_POLL_MS 1000
 
+/* The error of a job that was running when its server ended abruptly. */
+#define RUN_INTERRUPTED                                                                        \
+    "interrupted: the server ended while this run was running; a run is not resumed after "   \
+    "a restart (queue it again)"
+
 /* ---- the agent of a request ---- */
 
 static int base64_value(unsigned char c)
@@ -162,7 +167,8 @@ static int write_inline_agent(server_t *server, const char *b64, char **path, bl
 }
 
 int agent_request_run(server_t *server, const agent_request_t *req, const char *session,
-                      const char *image, blink_result_t **result, blink_error_t *err)
+                      const char *image, run_log_t *log, blink_result_t **result,
+                      blink_error_t *err)
 {
     cleanup_free char *tmp = NULL;
     const char *path = req->script;
@@ -183,6 +189,8 @@ int agent_request_run(server_t *server, const agent_request_t *req, const char *
         .timeout_sec = req->timeout_sec,
         .env = req->env,
         .env_count = req->env_count,
+        .on_output = log ? run_log_output : NULL,
+        .userdata = log,
     };
     int rc = session ? blink_session_run(server->blink, session, path, &options, result, err)
                      : blink_run(server->blink, path, &options, result, err);
@@ -348,7 +356,7 @@ enum MHD_Result route_runs_get(request_t *req, char **params)
 
 /* Runs a claimed job. Returns the result JSON text (caller frees), or NULL
  * with *error set. */
-static char *run_job(server_t *server, const blink_run_row_t *row, char *error,
+static char *run_job(server_t *server, const blink_run_row_t *row, run_log_t *log, char *error,
                      size_t error_size)
 {
     blink_error_t err = {0};
@@ -364,11 +372,12 @@ static char *run_job(server_t *server, const blink_run_row_t *row, char *error,
     blink_result_t *result = NULL;
     int rc = parse_job(body, &agent, &session, &image, &err);
     if (rc == 0)
-        rc = agent_request_run(server, &agent, session, image, &result, &err);
+        rc = agent_request_run(server, &agent, session, image, log, &result, &err);
     agent_request_clear(&agent);
 
     char *text = NULL;
     if (rc == 0) {
+        metrics_boot(server, blink_result_boot_ms(result));
         json_t *event = json_execution_result(result, session);
         text = event ? json_dumps(event, JSON_COMPACT) : NULL;
         json_decref(event);
@@ -401,8 +410,9 @@ static void *worker_main(void *arg)
         pthread_cond_broadcast(&server->changed);
         pthread_mutex_unlock(&server->lock);
         log_info("runs", "run %lld started", (long long)row.id);
+        run_log_t *log = run_log_open(server, row.id);
         char error[1400] = "";
-        cleanup_free char *result = run_job(server, &row, error, sizeof(error));
+        cleanup_free char *result = run_job(server, &row, log, error, sizeof(error));
         if (result)
             log_info("runs", "run %lld succeeded", (long long)row.id);
         else
@@ -411,6 +421,7 @@ static void *worker_main(void *arg)
         pthread_mutex_lock(&server->lock);
         if (blink_catalog_run_finish(server->catalog, row.id, result, error, &err) < 0)
             log_error("runs", "record the end of run %lld: %s", (long long)row.id, err.message);
+        run_log_end(log);
         pthread_cond_broadcast(&server->changed);
         blink_catalog_run_row_clear(&row);
     }
@@ -423,6 +434,7 @@ int jobs_start(server_t *server, unsigned workers, blink_error_t *err)
     cleanup_free char *tmp_dir = blink_strdup_printf("%s/tmp", server->home);
     if (tmp_dir)
         blink_reap_orphans(tmp_dir, AGENT_TMP_PREFIX, true);
+    upload_reap(server->home);
 
     cleanup_free char *db = blink_strdup_printf("%s/blink.db", server->home);
     if (db == NULL)
@@ -431,7 +443,10 @@ int jobs_start(server_t *server, unsigned workers, blink_error_t *err)
         return blink_wrap(err, "open the job queue");
 
     int64_t abandoned = 0;
-    if (blink_catalog_run_fail_running(server->catalog, "server restarted", &abandoned, err) < 0)
+    /* A run's result is gathered by the worker that ran it; a server that
+     * died took those workers (and an ephemeral run's VM, its child) with
+     * it, so such a run cannot be picked up again. */
+    if (blink_catalog_run_fail_running(server->catalog, RUN_INTERRUPTED, &abandoned, err) < 0)
         return blink_wrap(err, "recover the job queue");
     if (abandoned > 0)
         log_warn("runs", "%lld runs were running when the server last ended: marked failed",
@@ -469,4 +484,5 @@ void jobs_join(server_t *server)
     server->workers = NULL;
     blink_catalog_close(server->catalog);
     server->catalog = NULL;
+    run_logs_free(server);
 }

@@ -10,9 +10,17 @@
 
 #include <jansson.h>
 #include <microhttpd.h>
+#include <poll.h>
 #include <pthread.h>
+#include <wslay/wslay.h>
 
 /* Caps on what an HTTP client controls: src/common/caps.h. */
+
+typedef struct run_log run_log_t;
+
+/* Upper bounds of the VM boot histogram's buckets, in seconds. */
+#define BOOT_BUCKETS 8
+extern const double boot_bucket_bounds[BOOT_BUCKETS];
 
 /* ---- the server ---- */
 
@@ -29,11 +37,23 @@ typedef struct server {
     pthread_t *workers;
     unsigned worker_count;
     bool stopping;
+    /* Live output of running jobs (logs.c), newest first; `logs_changed`
+     * is broadcast when one grows or ends. Under `lock`. */
+    run_log_t *logs;
+    pthread_cond_t logs_changed;
+
+    /* Boots of VMs this server started (status.c), since it started. */
+    uint64_t boot_buckets[BOOT_BUCKETS];
+    uint64_t boot_count, boot_sum_ms;
 
     /* Requests between their first byte and their completion (http.c), so
      * that a stop can wait for them after it stopped accepting. */
     unsigned in_flight;
     pthread_cond_t idle;
+
+    /* Readable once the server stops: attached WebSockets poll it and
+     * close (an eventfd nobody reads). */
+    int stop_fd;
 } server_t;
 
 /* One request, from its first call to the completion callback. */
@@ -46,6 +66,12 @@ typedef struct request {
     unsigned status;     /* of the response queued, for the log */
     blink_buf_t body;
     bool body_too_large;
+    /* What an upgrade handler takes over; freed with the request if the
+     * upgrade never happened (the client left before the 101). */
+    void *upgrade;
+    void (*upgrade_free)(void *upgrade);
+    /* A request whose body the handler streams itself (upload.c). */
+    struct upload *upload;
 } request_t;
 
 /* ---- http.c: answering ---- */
@@ -87,6 +113,43 @@ void http_completed(void *cls, struct MHD_Connection *connection, void **con_cls
 /* Waits until no request is in flight. */
 void http_wait_idle(server_t *server);
 
+/* ---- ws.c: WebSocket connections (RFC 6455; framing by wslay) ---- */
+
+typedef struct ws_conn ws_conn_t;
+/* A whole text or binary message from the client. */
+typedef void (*ws_message_fn)(ws_conn_t *ws, bool text, const uint8_t *data, size_t len,
+                              void *user);
+struct ws_conn {
+    wslay_event_context_ptr ctx;
+    int fd;
+    char *extra; /* bytes MHD read past the headers, served first */
+    size_t extra_len, extra_off;
+    ws_message_fn on_message;
+    void *user;
+    uint16_t close_code; /* a close waiting for the queued messages, or 0 */
+    char close_reason[100];
+};
+
+/* Answers the opening handshake with 101 and hands the socket to `handler`
+ * (426 when the request is not a version 13 WebSocket upgrade). */
+enum MHD_Result ws_accept(request_t *req, MHD_UpgradeHandler handler, void *cls);
+int ws_conn_init(ws_conn_t *ws, int fd, const char *extra, size_t extra_len, ws_message_fn on_msg,
+                 void *user, blink_error_t *err);
+void ws_conn_free(ws_conn_t *ws);
+/* Queue a message (copied); sent by ws_io. */
+int ws_send(ws_conn_t *ws, bool text, const void *data, size_t len);
+/* Queues `object` as a text message; the reference is stolen. */
+int ws_send_json(ws_conn_t *ws, json_t *object);
+/* Starts the closing handshake (once). */
+void ws_close(ws_conn_t *ws, uint16_t code, const char *reason);
+/* What to poll the socket for; and the I/O once it is ready (-1: gone). */
+short ws_poll_events(ws_conn_t *ws);
+int ws_io(ws_conn_t *ws, short revents);
+/* True once both sides closed (or the connection broke). */
+bool ws_done(ws_conn_t *ws);
+/* Bytes queued for the client and not yet sent. */
+size_t ws_queued(ws_conn_t *ws);
+
 /* ---- routes.c ---- */
 
 /* A handler gets the path's variable segments in order ({name}, {snap}...). */
@@ -119,9 +182,22 @@ int agent_request_parse(json_t *body, agent_request_t *out, blink_error_t *err);
 void agent_request_clear(agent_request_t *req);
 
 /* Runs the agent of `req` in session `session` (NULL: an ephemeral VM with
- * `image`). An inline agent lives in BLINK_HOME/tmp for the run only. */
+ * `image`). An inline agent lives in BLINK_HOME/tmp for the run only.
+ * `log` (may be NULL) receives the output as it comes. */
 int agent_request_run(server_t *server, const agent_request_t *req, const char *session,
-                      const char *image, blink_result_t **result, blink_error_t *err);
+                      const char *image, run_log_t *log, blink_result_t **result,
+                      blink_error_t *err);
+
+/* ---- logs.c: live output of queued runs ---- */
+
+/* A new log for job `id` (NULL when memory runs out: no live log). */
+run_log_t *run_log_open(server_t *server, int64_t id);
+/* A blink_output_fn: appends output to the log passed as userdata. */
+void run_log_output(blink_stream_t stream, const char *data, size_t len, void *userdata);
+/* Marks the log ended (readers get the end from the catalog). Lock held. */
+void run_log_end(run_log_t *log);
+void run_logs_free(server_t *server);
+enum MHD_Result route_run_logs(request_t *req, char **params);
 
 /* ---- route handlers ---- */
 
@@ -138,7 +214,20 @@ enum MHD_Result route_checkpoints_create(request_t *req, char **params);
 enum MHD_Result route_checkpoints_list(request_t *req, char **params);
 enum MHD_Result route_checkpoint_restore(request_t *req, char **params);
 
+enum MHD_Result route_checkpoint_delete(request_t *req, char **params);
+
+/* executions.c and attach.c */
+enum MHD_Result route_session_spawn(request_t *req, char **params);
+enum MHD_Result route_execution_attach(request_t *req, char **params);
+
 enum MHD_Result route_session_export(request_t *req, char **params);
+
+/* upload.c: POST /api/import streams its body to disk. */
+enum MHD_Result upload_begin(request_t *req);
+enum MHD_Result upload_chunk(request_t *req, const char *data, size_t size);
+enum MHD_Result route_import(request_t *req, char **params);
+/* Removes uploads a killed server left in BLINK_HOME/tmp. */
+void upload_reap(const char *home);
 enum MHD_Result route_export_download(request_t *req, char **params);
 
 enum MHD_Result route_runs_queue(request_t *req, char **params);
@@ -147,6 +236,13 @@ enum MHD_Result route_runs_get(request_t *req, char **params);
 enum MHD_Result route_runs_list(request_t *req, char **params);
 enum MHD_Result route_metrics(request_t *req, char **params);
 enum MHD_Result route_status_page(request_t *req, char **params);
+/* Records a VM boot of `ms` in the histogram (0: no boot, not recorded). */
+void metrics_boot(server_t *server, uint64_t ms);
+/* Records the boot of session `name` if its VM became ready after
+ * `asked_at` (wall ms): a boot caused by the request. */
+void metrics_boot_since(server_t *server, const char *name, int64_t asked_at);
+/* Wall-clock ms, as the catalog records times. */
+int64_t wall_ms(void);
 
 /* runs.c: the worker pool. */
 int jobs_start(server_t *server, unsigned workers, blink_error_t *err);

@@ -58,6 +58,7 @@ enum MHD_Result route_sessions_open(request_t *req, char **params)
     blink_session_options_t options = {0};
     bool created = false;
     blink_session_info_t info;
+    int64_t asked_at = wall_ms();
     if (parse_open(body, &name, &options, &err) < 0 ||
         blink_session_open(req->server->blink, name, &options, &created, &err) < 0 ||
         blink_session_info(req->server->blink, name, &info, &err) < 0) {
@@ -65,6 +66,8 @@ enum MHD_Result route_sessions_open(request_t *req, char **params)
         return http_fail(req, &err);
     }
     json_decref(body);
+    if (info.started_at >= asked_at)
+        metrics_boot(req->server, (uint64_t)(info.started_at - asked_at) + 1);
 
     json_t *event = json_session_info(&info);
     json_object_set_new(event, "event", json_string("session_opened"));
@@ -129,7 +132,10 @@ enum MHD_Result route_session_run(request_t *req, char **params)
     blink_result_t *result = NULL;
     int rc = agent_request_parse(body, &agent, &err);
     if (rc == 0)
-        rc = agent_request_run(req->server, &agent, params[0], NULL, &result, &err);
+        rc = agent_request_run(req->server, &agent, params[0], NULL, NULL, &result,
+                               &err);
+    if (rc == 0)
+        metrics_boot(req->server, blink_result_boot_ms(result));
     agent_request_clear(&agent);
     json_decref(body);
     if (rc < 0)
@@ -209,4 +215,19 @@ enum MHD_Result route_checkpoint_restore(request_t *req, char **params)
     return http_json(req, MHD_HTTP_OK,
                      json_pack("{s:s, s:s, s:s, s:s}", "event", "session_restored", "name",
                                params[0], "snapshot", params[1], "state", info.state));
+}
+
+enum MHD_Result route_checkpoint_delete(request_t *req, char **params)
+{
+    enum MHD_Result queued;
+    if (!session_param(req, params[0], &queued))
+        return queued;
+
+    blink_error_t err = {0};
+    if (check_name("snapshot", params[1], &err) < 0 ||
+        blink_session_delete_checkpoint(req->server->blink, params[0], params[1], &err) < 0)
+        return http_fail(req, &err);
+    return http_json(req, MHD_HTTP_OK,
+                     json_pack("{s:s, s:s, s:s}", "event", "checkpoint_deleted", "session",
+                               params[0], "name", params[1]));
 }

@@ -7,8 +7,38 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #define RECENT_RUNS 50
+
+const double boot_bucket_bounds[BOOT_BUCKETS] = {0.5, 1, 2, 4, 8, 16, 32, 64};
+
+int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void metrics_boot(server_t *server, uint64_t ms)
+{
+    if (ms == 0)
+        return;
+    pthread_mutex_lock(&server->lock);
+    for (int i = 0; i < BOOT_BUCKETS; i++)
+        if ((double)ms / 1000.0 <= boot_bucket_bounds[i])
+            server->boot_buckets[i]++;
+    server->boot_count++;
+    server->boot_sum_ms += ms;
+    pthread_mutex_unlock(&server->lock);
+}
+
+void metrics_boot_since(server_t *server, const char *name, int64_t asked_at)
+{
+    blink_session_info_t info;
+    if (blink_session_info(server->blink, name, &info, NULL) == 0 && info.started_at >= asked_at)
+        metrics_boot(server, (uint64_t)(info.started_at - asked_at) + 1);
+}
 
 static json_t *run_summary(const blink_run_row_t *row)
 {
@@ -56,8 +86,12 @@ enum MHD_Result route_metrics(request_t *req, char **params)
     blink_run_stats_t stats;
     blink_error_t err = {0};
 
+    uint64_t boot_buckets[BOOT_BUCKETS], boot_count, boot_sum_ms;
     pthread_mutex_lock(&server->lock);
     int rc = blink_catalog_run_stats(server->catalog, &stats, &err);
+    memcpy(boot_buckets, server->boot_buckets, sizeof(boot_buckets));
+    boot_count = server->boot_count;
+    boot_sum_ms = server->boot_sum_ms;
     pthread_mutex_unlock(&server->lock);
     blink_session_info_t *sessions = NULL;
     size_t session_count = 0;
@@ -98,6 +132,15 @@ enum MHD_Result route_metrics(request_t *req, char **params)
          (long long)stats.duration_count);
     EMIT("blink_run_duration_seconds_sum %.3f\n", (double)stats.duration_sum_ms / 1000.0);
     EMIT("blink_run_duration_seconds_count %lld\n", (long long)stats.duration_count);
+    EMIT("# HELP blink_vm_boot_seconds Boots of VMs this server started (runs, session opens "
+         "and spawns), QEMU start to the guest's Ready, since the server started.\n"
+         "# TYPE blink_vm_boot_seconds histogram\n");
+    for (int i = 0; i < BOOT_BUCKETS; i++)
+        EMIT("blink_vm_boot_seconds_bucket{le=\"%g\"} %llu\n", boot_bucket_bounds[i],
+             (unsigned long long)boot_buckets[i]);
+    EMIT("blink_vm_boot_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)boot_count);
+    EMIT("blink_vm_boot_seconds_sum %.3f\n", (double)boot_sum_ms / 1000.0);
+    EMIT("blink_vm_boot_seconds_count %llu\n", (unsigned long long)boot_count);
 #undef EMIT
 
     if (out.data == NULL)

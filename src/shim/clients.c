@@ -28,16 +28,16 @@ static int flush_client(shim_client_t *c)
     return 0;
 }
 
-/* Queues a frame for a client. A client that let SHIM_CLIENT_QUEUE_CAP pile
- * up is closed: the guest is never held back for one slow reader. */
-static void send_to_client(shim_t *shim, shim_client_t *c, uint8_t type, uint64_t id,
-                           const void *payload, size_t len)
+/* A client that let its queue cap pile up is closed: the guest is never
+ * held back for one slow reader. */
+void shim_send(shim_t *shim, shim_client_t *c, uint8_t type, uint64_t id, const void *payload,
+               size_t len)
 {
     if (c == NULL)
         return;
-    if (c->out.len - c->out_offset + len > SHIM_CLIENT_QUEUE_CAP) {
-        log_warn("shim", "client fell %u MiB behind; disconnecting it",
-                 SHIM_CLIENT_QUEUE_CAP >> 20);
+    if (c->out.len - c->out_offset + len > shim->client_queue_cap) {
+        log_warn("shim", "client fell %zu MiB behind; disconnecting it",
+                 shim->client_queue_cap >> 20);
         shim_client_close(shim, c);
         return;
     }
@@ -52,14 +52,14 @@ static void send_to_client(shim_t *shim, shim_client_t *c, uint8_t type, uint64_
         shim_client_close(shim, c);
 }
 
-static void send_error(shim_t *shim, shim_client_t *c, uint64_t id, int code, const char *what)
+void shim_send_error(shim_t *shim, shim_client_t *c, uint64_t id, int code, const char *what)
 {
     blin_writer_t w;
     blin_writer_init(&w);
     blin_put_u32(&w, (uint32_t)code);
     blin_put_string(&w, what);
     if (!w.failed)
-        send_to_client(shim, c, BLIN_ERROR, id, w.data, w.len);
+        shim_send(shim, c, BLIN_ERROR, id, w.data, w.len);
     blin_writer_free(&w);
 }
 
@@ -67,17 +67,9 @@ static void send_error(shim_t *shim, shim_client_t *c, uint64_t id, int code, co
 
 static shim_execution_t *find_execution_by_guest(shim_t *shim, uint64_t guest_id)
 {
-    for (int i = 0; i < SHIM_MAX_EXECUTIONS; i++)
-        if (shim->executions[i].used && shim->executions[i].guest_id == guest_id)
-            return &shim->executions[i];
-    return NULL;
-}
-
-static shim_execution_t *find_execution(shim_t *shim, shim_client_t *c, uint64_t client_id)
-{
     for (int i = 0; i < SHIM_MAX_EXECUTIONS; i++) {
         shim_execution_t *e = &shim->executions[i];
-        if (e->used && e->owner == c && e->client_id == client_id)
+        if (e->used && !e->exited && e->guest_id == guest_id)
             return e;
     }
     return NULL;
@@ -94,48 +86,6 @@ static shim_transfer_t *find_transfer(shim_t *shim, shim_client_t *c, uint64_t c
             return t;
     }
     return NULL;
-}
-
-static void free_history(shim_execution_t *e)
-{
-    while (e->first) {
-        shim_chunk_t *next = e->first->next;
-        free(e->first);
-        e->first = next;
-    }
-    e->last = NULL;
-    e->buffered = 0;
-}
-
-static void release_execution(shim_execution_t *e)
-{
-    free_history(e);
-    memset(e, 0, sizeof(*e));
-}
-
-/* Keeps the chunk in the execution's bounded history, numbered for reattach. */
-static void remember_output(shim_execution_t *e, uint8_t type, const uint8_t *data, size_t len)
-{
-    shim_chunk_t *chunk = malloc(sizeof(*chunk) + len);
-    if (chunk == NULL)
-        return;
-    chunk->seq = ++e->next_seq;
-    chunk->type = type;
-    chunk->len = len;
-    chunk->next = NULL;
-    memcpy(chunk->data, data, len);
-    if (e->last)
-        e->last->next = chunk;
-    else
-        e->first = chunk;
-    e->last = chunk;
-    e->buffered += len;
-    while (e->buffered > SHIM_EXEC_BUFFER && e->first != e->last) {
-        shim_chunk_t *old = e->first;
-        e->first = old->next;
-        e->buffered -= old->len;
-        free(old);
-    }
 }
 
 /* ---- guest -> clients ---- */
@@ -185,21 +135,22 @@ static void on_guest_exit(shim_t *shim, shim_execution_t *e, const uint8_t *payl
     if (e->timed_out)
         flags |= BLIN_EXIT_TIMED_OUT;
 
-    blin_writer_t w;
-    blin_writer_init(&w);
-    blin_put_u32(&w, (uint32_t)code);
-    blin_put_u32(&w, signal);
-    blin_put_u32(&w, flags);
-    if (!w.failed && e->owner)
-        send_to_client(shim, e->owner, BLIN_CTL_EXIT, e->client_id, w.data, w.len);
-    blin_writer_free(&w);
-
     blink_error_t err;
     if (e->catalog_id > 0 &&
         blink_catalog_execution_finish(shim->catalog, e->catalog_id, signal ? -1 : code,
                                        (int)signal, e->timed_out, &err) < 0)
         log_warn("shim", "record execution end: %s", err.message);
-    release_execution(e);
+
+    blin_writer_t w;
+    blin_writer_init(&w);
+    blin_put_u32(&w, (uint32_t)code);
+    blin_put_u32(&w, signal);
+    blin_put_u32(&w, flags);
+    if (w.failed)
+        shim_execution_release(shim, e);
+    else
+        shim_execution_ended(shim, e, w.data);
+    blin_writer_free(&w);
 }
 
 int shim_on_guest_frame(blink_vm_t *vm, const blin_header_t *h, const uint8_t *payload, void *data,
@@ -225,7 +176,7 @@ int shim_on_guest_frame(blink_vm_t *vm, const blin_header_t *h, const uint8_t *p
 
     shim_transfer_t *t = find_transfer(shim, NULL, 0, h->request_id);
     if (t && (h->type == BLIN_CTL_FILE_DONE || h->type == BLIN_ERROR)) {
-        send_to_client(shim, t->owner, h->type, t->client_id, payload, h->length);
+        shim_send(shim, t->owner, h->type, t->client_id, payload, h->length);
         memset(t, 0, sizeof(*t));
         return 0;
     }
@@ -239,18 +190,25 @@ int shim_on_guest_frame(blink_vm_t *vm, const blin_header_t *h, const uint8_t *p
     switch (h->type) {
     case BLIN_STDOUT:
     case BLIN_STDERR:
-        remember_output(e, h->type, payload, h->length);
-        send_to_client(shim, e->owner, h->type, e->client_id, payload, h->length);
+        shim_execution_output(shim, e, h->type, payload, h->length);
         break;
-    case BLIN_CTL_STARTED:
-        send_to_client(shim, e->owner, h->type, e->client_id, payload, h->length);
+    case BLIN_CTL_STARTED: {
+        /* The guest's pid, and the id a client attaches with. */
+        blin_writer_t w;
+        blin_writer_init(&w);
+        blin_put_bytes(&w, payload, h->length);
+        blin_put_u64(&w, e->catalog_id > 0 ? (uint64_t)e->catalog_id : 0);
+        if (!w.failed)
+            shim_send(shim, e->owner, h->type, e->client_id, w.data, w.len);
+        blin_writer_free(&w);
         break;
+    }
     case BLIN_CTL_EXIT:
         on_guest_exit(shim, e, payload, h->length);
         break;
     case BLIN_ERROR:
-        send_to_client(shim, e->owner, h->type, e->client_id, payload, h->length);
-        release_execution(e);
+        shim_send(shim, e->owner, h->type, e->client_id, payload, h->length);
+        shim_execution_release(shim, e);
         break;
     default:
         log_debug("shim", "ignoring guest %s frame", blin_type_name(h->type));
@@ -265,7 +223,7 @@ static void forward(shim_t *shim, shim_client_t *c, const blin_header_t *h, uint
 {
     blink_error_t err;
     if (blink_vm_send(shim->vm, h->type, guest_id, payload, h->length, &err) < 0)
-        send_error(shim, c, h->request_id, EIO, err.message);
+        shim_send_error(shim, c, h->request_id, EIO, err.message);
 }
 
 /* The command an Exec runs, for the catalog: its argv[0]. */
@@ -286,13 +244,13 @@ static char *exec_command(const uint8_t *payload, uint32_t len)
 static void client_exec(shim_t *shim, shim_client_t *c, const blin_header_t *h,
                         const uint8_t *payload)
 {
-    shim_execution_t *e = NULL;
-    for (int i = 0; i < SHIM_MAX_EXECUTIONS && e == NULL; i++)
-        if (!shim->executions[i].used)
-            e = &shim->executions[i];
-    if (e == NULL || find_execution(shim, c, h->request_id)) {
-        send_error(shim, c, h->request_id, EBUSY,
-                   e ? "request id already in use" : "too many executions in this vm");
+    if (shim_execution_of(shim, c, h->request_id)) {
+        shim_send_error(shim, c, h->request_id, EBUSY, "request id already in use");
+        return;
+    }
+    shim_execution_t *e = shim_execution_slot(shim);
+    if (e == NULL) {
+        shim_send_error(shim, c, h->request_id, EBUSY, "too many executions in this vm");
         return;
     }
 
@@ -322,7 +280,7 @@ static void client_file(shim_t *shim, shim_client_t *c, const blin_header_t *h,
             if (!shim->transfers[i].used)
                 t = &shim->transfers[i];
         if (t == NULL || t->used) {
-            send_error(shim, c, h->request_id, EBUSY, "too many file transfers");
+            shim_send_error(shim, c, h->request_id, EBUSY, "too many file transfers");
             return;
         }
         *t = (shim_transfer_t){.used = true,
@@ -330,7 +288,7 @@ static void client_file(shim_t *shim, shim_client_t *c, const blin_header_t *h,
                                .owner = c,
                                .client_id = h->request_id};
     } else if (t == NULL) {
-        send_error(shim, c, h->request_id, EINVAL, "file data without a file");
+        shim_send_error(shim, c, h->request_id, EINVAL, "file data without a file");
         return;
     }
     forward(shim, c, h, t->guest_id, payload);
@@ -338,15 +296,13 @@ static void client_file(shim_t *shim, shim_client_t *c, const blin_header_t *h,
 
 static void client_info(shim_t *shim, shim_client_t *c, uint64_t id)
 {
-    int running = 0;
-    for (int i = 0; i < SHIM_MAX_EXECUTIONS; i++)
-        running += shim->executions[i].used;
+    int running = shim_executions_running(shim);
     json_t *info = json_pack("{s:s, s:s, s:I, s:I, s:i}", "name", shim->name, "boot_id",
                              shim->boot_id, "shim_pid", (json_int_t)getpid(), "qemu_pid",
                              (json_int_t)shim->vm->pid, "executions", running);
     char *text = info ? json_dumps(info, JSON_COMPACT) : NULL;
     if (text)
-        send_to_client(shim, c, BLIN_SHIM_INFO, id, text, strlen(text));
+        shim_send(shim, c, BLIN_SHIM_INFO, id, text, strlen(text));
     free(text);
     json_decref(info);
 }
@@ -360,12 +316,12 @@ static void client_snapshot_op(shim_t *shim, shim_client_t *c, const blin_header
     cleanup_free char *arg = blin_get_string(&cur, 4096);
     uint32_t flags = h->type == BLIN_SHIM_CHECKPOINT ? blin_get_u32(&cur) : 0;
     if (cur.failed || arg == NULL) {
-        send_error(shim, c, h->request_id, EINVAL, "malformed request");
+        shim_send_error(shim, c, h->request_id, EINVAL, "malformed request");
         return;
     }
     bool is_name = h->type != BLIN_SHIM_EXPORT;
     if (is_name && !blink_name_valid(arg)) {
-        send_error(shim, c, h->request_id, EINVAL, "bad checkpoint name");
+        shim_send_error(shim, c, h->request_id, EINVAL, "bad checkpoint name");
         return;
     }
 
@@ -386,21 +342,21 @@ static void client_snapshot_op(shim_t *shim, shim_client_t *c, const blin_header
         break;
     }
     if (rc < 0)
-        send_error(shim, c, h->request_id, err.sys_errno ? err.sys_errno : EIO, err.message);
+        shim_send_error(shim, c, h->request_id, err.sys_errno ? err.sys_errno : EIO, err.message);
     else
-        send_to_client(shim, c, h->type, h->request_id, NULL, 0);
+        shim_send(shim, c, h->type, h->request_id, NULL, 0);
 }
 
 static void client_frame(shim_t *shim, shim_client_t *c, const blin_header_t *h,
                          const uint8_t *payload)
 {
     if (!shim->ready || shim->stopping) {
-        send_error(shim, c, h->request_id, EAGAIN, "the vm is not running");
+        shim_send_error(shim, c, h->request_id, EAGAIN, "the vm is not running");
         return;
     }
     switch (h->type) {
     case BLIN_HEARTBEAT:
-        send_to_client(shim, c, BLIN_HEARTBEAT, h->request_id, payload, h->length);
+        shim_send(shim, c, BLIN_HEARTBEAT, h->request_id, payload, h->length);
         break;
     case BLIN_SHIM_INFO:
         client_info(shim, c, h->request_id);
@@ -428,18 +384,21 @@ static void client_frame(shim_t *shim, shim_client_t *c, const blin_header_t *h,
     case BLIN_CTL_EXEC:
         client_exec(shim, c, h, payload);
         break;
+    case BLIN_SHIM_ATTACH:
+        shim_client_attach(shim, c, h, payload);
+        break;
     case BLIN_CTL_STDIN:
     case BLIN_CTL_SIGNAL:
     case BLIN_TTY_RESIZE: {
-        shim_execution_t *e = find_execution(shim, c, h->request_id);
+        shim_execution_t *e = shim_execution_of(shim, c, h->request_id);
         if (e == NULL)
-            send_error(shim, c, h->request_id, ESRCH, "no such execution");
+            shim_send_error(shim, c, h->request_id, ESRCH, "no such execution");
         else
             forward(shim, c, h, e->guest_id, payload);
         break;
     }
     default:
-        send_error(shim, c, h->request_id, EINVAL, "unexpected message type");
+        shim_send_error(shim, c, h->request_id, EINVAL, "unexpected message type");
     }
 }
 
@@ -472,6 +431,7 @@ void shim_client_close(shim_t *shim, shim_client_t *c)
     for (int i = 0; i < SHIM_MAX_CLIENTS; i++)
         if (shim->clients[i] == c)
             shim->clients[i] = NULL;
+    shim_detach_client(shim, c);
     /* Executions outlive their client in a warm VM; in a cold one nobody
      * would ever see them end, so they are killed. Transfers cannot finish
      * without their client. */
@@ -480,7 +440,7 @@ void shim_client_close(shim_t *shim, shim_client_t *c)
         if (e->owner != c)
             continue;
         e->owner = NULL;
-        if (shim->cold && e->used) {
+        if (shim->cold && e->used && !e->exited) {
             uint8_t payload[4] = {SIGKILL, 0, 0, 0};
             blink_error_t err;
             blink_vm_send(shim->vm, BLIN_CTL_SIGNAL, e->guest_id, payload, sizeof(payload),
@@ -517,7 +477,7 @@ void shim_client_io(shim_t *shim, shim_client_t *c, short revents)
         bool ready = false;
         long used = blin_decoder_feed(&c->decoder, chunk + off, (size_t)n - off, &ready);
         if (used < 0) {
-            send_error(shim, c, 0, EPROTO, blin_decode_strerror((blin_decode_status_t)used));
+            shim_send_error(shim, c, 0, EPROTO, blin_decode_strerror((blin_decode_status_t)used));
             flush_client(c);
             shim_client_close(shim, c);
             return;
@@ -539,7 +499,8 @@ void shim_enforce_timeouts(shim_t *shim)
     uint64_t now = blink_now_ms();
     for (int i = 0; i < SHIM_MAX_EXECUTIONS; i++) {
         shim_execution_t *e = &shim->executions[i];
-        if (!e->used || e->deadline_ms == 0 || now < e->deadline_ms || e->timed_out)
+        if (!e->used || e->exited || e->deadline_ms == 0 || now < e->deadline_ms ||
+            e->timed_out)
             continue;
         e->timed_out = true;
         uint8_t payload[4] = {SIGKILL, 0, 0, 0};
@@ -555,15 +516,22 @@ void shim_fail_all(shim_t *shim, const char *why)
         shim_execution_t *e = &shim->executions[i];
         if (!e->used)
             continue;
-        send_error(shim, e->owner, e->client_id, EPIPE, why);
+        if (!e->exited) {
+            shim_send_error(shim, e->owner, e->client_id, EPIPE, why);
+            for (int k = 0; k < SHIM_MAX_SUBSCRIBERS; k++)
+                if (shim->subscribers[k].execution == e)
+                    shim_send_error(shim, shim->subscribers[k].client,
+                                    shim->subscribers[k].client_id, EPIPE, why);
+        }
         blink_error_t err;
-        if (e->catalog_id > 0)
+        if (e->catalog_id > 0 && !e->exited)
             blink_catalog_execution_finish(shim->catalog, e->catalog_id, -1, SIGKILL, false, &err);
-        release_execution(e);
+        shim_execution_release(shim, e);
     }
     for (int i = 0; i < SHIM_MAX_TRANSFERS; i++)
         if (shim->transfers[i].used) {
-            send_error(shim, shim->transfers[i].owner, shim->transfers[i].client_id, EPIPE, why);
+            shim_send_error(shim, shim->transfers[i].owner, shim->transfers[i].client_id, EPIPE,
+                            why);
             memset(&shim->transfers[i], 0, sizeof(shim->transfers[i]));
         }
     for (int i = 0; i < SHIM_MAX_CLIENTS; i++)

@@ -206,10 +206,7 @@ static bool cold_idle(const shim_t *shim)
     for (int i = 0; i < SHIM_MAX_CLIENTS; i++)
         if (shim->clients[i])
             return false;
-    for (int i = 0; i < SHIM_MAX_EXECUTIONS; i++)
-        if (shim->executions[i].used)
-            return false;
-    return true;
+    return shim_executions_running(shim) == 0;
 }
 
 /* Serves until the VM is gone. Returns how it ended, for the catalog. */
@@ -294,6 +291,8 @@ int main(int argc, char **argv)
     }
     shim.name = args.name;
     shim.cold = args.cold;
+    shim.exec_buffer = shim_exec_buffer_from_env();
+    shim.client_queue_cap = SHIM_CLIENT_QUEUE_CAP + shim.exec_buffer;
 
     blink_t *blink = blink_open(args.home, &err);
     cleanup_free char *db = blink_strdup_printf("%s/blink.db", args.home);

@@ -28,16 +28,27 @@ typedef struct shim_chunk {
 
 typedef struct shim_execution {
     bool used;
+    bool exited;          /* ended; kept for late attaches (attach.c) */
     uint64_t guest_id;
     shim_client_t *owner; /* NULL once the client went away */
     uint64_t client_id;
     uint64_t deadline_ms; /* 0: none */
     bool timed_out;
-    int64_t catalog_id;
+    int64_t catalog_id;   /* also the execution's id for Attach; <= 0: not recorded */
+    uint64_t exited_ms;
+    uint8_t exit_payload[12]; /* the Exit frame's payload, once exited */
     shim_chunk_t *first, *last; /* bounded output history */
     size_t buffered;
     uint64_t next_seq;
 } shim_execution_t;
+
+/* A client following an execution it did not start (Attach), under a
+ * request id of its choosing. */
+typedef struct shim_subscriber {
+    shim_client_t *client; /* NULL: a free slot */
+    uint64_t client_id;
+    shim_execution_t *execution;
+} shim_subscriber_t;
 
 typedef struct shim_transfer {
     bool used;
@@ -64,6 +75,9 @@ typedef struct shim {
     shim_client_t *clients[SHIM_MAX_CLIENTS];
     shim_execution_t executions[SHIM_MAX_EXECUTIONS];
     shim_transfer_t transfers[SHIM_MAX_TRANSFERS];
+    shim_subscriber_t subscribers[SHIM_MAX_SUBSCRIBERS];
+    size_t exec_buffer;      /* output kept per execution (BLINK_EXEC_HISTORY) */
+    size_t client_queue_cap; /* room for a full replay on top of SHIM_CLIENT_QUEUE_CAP */
 } shim_t;
 
 /* clients.c */
@@ -82,6 +96,37 @@ void shim_fail_all(shim_t *shim, const char *why);
 void shim_begin_stop(shim_t *shim);
 /* Sends Init (clock, host name): after Ready, and after a restore. */
 int shim_send_init(shim_t *shim, blink_error_t *err);
+
+/* Queues a frame for a client (NULL: nobody); closes a client that fell
+ * too far behind. */
+void shim_send(shim_t *shim, shim_client_t *c, uint8_t type, uint64_t id, const void *payload,
+               size_t len);
+void shim_send_error(shim_t *shim, shim_client_t *c, uint64_t id, int code, const char *what);
+
+/* attach.c: output history, attachments and ended executions. */
+/* The per-execution history size from BLINK_EXEC_HISTORY, or the default. */
+size_t shim_exec_buffer_from_env(void);
+/* Keeps a chunk in the history and sends it to the owner and attachments. */
+void shim_execution_output(shim_t *shim, shim_execution_t *e, uint8_t type, const uint8_t *data,
+                           size_t len);
+/* Sends Exit to the owner and attachments and keeps the execution, ended,
+ * for late attaches. */
+void shim_execution_ended(shim_t *shim, shim_execution_t *e, const uint8_t payload[12]);
+/* Frees an execution's slot, its history and its attachments. */
+void shim_execution_release(shim_t *shim, shim_execution_t *e);
+/* A free execution slot, making room by dropping the oldest ended one. */
+shim_execution_t *shim_execution_slot(shim_t *shim);
+/* The running execution a client drives under `client_id`: one it started
+ * or one it attached to. */
+shim_execution_t *shim_execution_of(shim_t *shim, shim_client_t *c, uint64_t client_id);
+/* Executions still running. */
+int shim_executions_running(const shim_t *shim);
+/* Attach (0x57): replays the history after a sequence number, then
+ * follows the execution. */
+void shim_client_attach(shim_t *shim, shim_client_t *c, const blin_header_t *h,
+                        const uint8_t *payload);
+/* Drops every attachment of a client that is going away. */
+void shim_detach_client(shim_t *shim, shim_client_t *c);
 
 /* checkpoint.c: snapshots of the running VM (docs/shim.md). */
 int shim_checkpoint(shim_t *shim, const char *name, bool memory, blink_error_t *err);

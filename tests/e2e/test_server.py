@@ -36,12 +36,12 @@ def make_home(path):
 
 
 class Server:
-    def __init__(self, home, port=None, workers=2):
+    def __init__(self, home, port=None, workers=2, extra_env=None):
         self.home = home
         self.port = port or free_port()
         self.log = open(home / f"server-{self.port}.log", "ab")
         env = dict(os.environ, BLINK_HOME=str(home), BLINK_ACCEL="auto",
-                   BLINK_STATIC_DIR=str(REPO / "share" / "blink"))
+                   BLINK_STATIC_DIR=str(REPO / "share" / "blink"), **(extra_env or {}))
         env.pop("BLINK_PORT", None)
         env.pop("BLINK_BIND", None)
         self.proc = subprocess.Popen([str(SERVER), "--port", str(self.port), "--workers",
