@@ -5,6 +5,7 @@ Measured in one run, so the ratios hold on any machine:
   - export + import beside `tar | zstd -1` and back of the same files
     (the session disk and the image's base disk); target <= 1.5x
   - disk checkpoint and restore latency of the stopped session
+  - fork of that session beside a copy of its disk file (`cp`)
   - memory-checkpoint resume of a stopped warm session beside a cold boot of
     the same session (both: `session restore` until the VM runs); target <= 10%
 
@@ -103,6 +104,18 @@ def main():
             t, _ = cli("session", "restore", "--name", name, "--snapshot", f"cp-{i}")
             rss.append(t)
 
+        # Fork of the same session beside a plain copy of its disk file.
+        forks, copies, fork_bytes = [], [], 0
+        for i in range(args.runs):
+            copies.append(timed_shell(f"cp --sparse=always {disk} {tmp}/copy.qcow2"))
+            (tmp / "copy.qcow2").unlink()
+            t, _ = cli("session", "fork", "--name", name, "--to", f"bench-fork-{i}")
+            forks.append(t)
+            fork_disk = HOME / "sessions" / f"bench-fork-{i}" / "disk.qcow2"
+            fork_bytes = fork_disk.stat().st_blocks * 512
+        for i in range(args.runs):
+            cli("session", "remove", "--name", f"bench-fork-{i}", "--force")
+
         # Warm: a memory checkpoint and a disk checkpoint of the same state.
         cli("session", "remove", "--name", name, "--force")
         cli("session", "open", "--name", name, "--warm")
@@ -123,6 +136,8 @@ def main():
           f"ratio {(med(exp) + med(imp)) / (med(tar) + med(untar)):.2f}")
     print(f"archive {archive_size / 2**20:.0f} MiB; tar|zstd -1 {ref_size / 2**20:.0f} MiB")
     print(f"disk checkpoint (stopped) {med(cps):.3f}; restore {med(rss):.3f}")
+    print(f"fork {med(forks):.3f} (fork's disk {fork_bytes / 2**10:.0f} KiB); "
+          f"cp of the disk file {med(copies):.3f}; ratio {med(forks) / med(copies):.2f}")
     print(f"warm resume from memory checkpoint {med(resume):.3f}; cold boot {med(cold):.3f}; "
           f"ratio {med(resume) / med(cold):.2f}")
 

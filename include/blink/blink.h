@@ -315,6 +315,15 @@ BLINK_API int blink_session_restore(blink_t *blink, const char *name, const char
 BLINK_API int blink_session_delete_checkpoint(blink_t *blink, const char *name,
                                               const char *snapshot, blink_error_t *err);
 
+/* Creates session `target` from `source`'s current disk, or from its
+ * checkpoint `snapshot` (NULL: the current disk), without copying disk data:
+ * the source's disk becomes a read-only layer both stand on (a running
+ * source VM moves onto a new overlay live, its guest filesystem frozen for
+ * that instant). The fork starts stopped, with the source's settings and no
+ * checkpoints; from then on the two are independent. */
+BLINK_API int blink_session_fork(blink_t *blink, const char *source, const char *target,
+                                 const char *snapshot, blink_error_t *err);
+
 /* The seed's checkpoint_session and restore_session, on the default context. */
 BLINK_API int blink_checkpoint_session(const char *name, const char *snapshot,
                                        blink_error_t *err);

@@ -46,6 +46,7 @@ int cli_print_result(blink_result_t *result, const char *session);
 int cmd_run(int argc, char **argv);
 int cmd_session(int argc, char **argv);
 int cmd_spawn(int argc, char **argv);
+int cmd_fork(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 
 #endif

@@ -502,6 +502,7 @@ static const struct {
     {"checkpoint", session_checkpoint,
      "checkpoint --name N --snapshot S [--memory | --disk-only | --delete]"},
     {"restore", session_restore, "restore --name N --snapshot S"},
+    {"fork", cmd_fork, "fork --name SRC --to DST [--snapshot S]   (copy-on-write)"},
     {"list", session_list, "list --name N   (the session's checkpoints)"},
     {"export", session_export, "export --name N [--output FILE]"},
     {"import", session_import, "import ARCHIVE [--name N]"},

@@ -4,6 +4,8 @@
  *   manifest.json      format, session settings, checkpoints, members + SHA-256
  *   disk.qcow2         the session disk (an overlay), with its internal snapshots
  *   image/disk.qcow2   the image's base disk, so the archive stands alone
+ *   layers/ID.qcow2    (version 2) read-only layers the disk stands on or
+ *                      that hold checkpoints, after a fork (docs/fork.md)
  */
 #ifndef BLINK_BOXLITE_H
 #define BLINK_BOXLITE_H
@@ -11,10 +13,14 @@
 #include "internal.h"
 
 #define BOXLITE_FORMAT "blink-session"
-#define BOXLITE_FORMAT_VERSION 1
+/* Version 1 has no layers; an export writes 2 only when it has some. */
+#define BOXLITE_FORMAT_VERSION 2
 #define BOXLITE_MANIFEST "manifest.json"
 #define BOXLITE_DISK "disk.qcow2"
 #define BOXLITE_IMAGE "image/disk.qcow2"
+#define BOXLITE_LAYER_PREFIX "layers/"
+/* Most layers an archive may carry. */
+#define BOXLITE_LAYERS_MAX 64
 
 /* A manifest larger than this is not a manifest. */
 #define BOXLITE_MANIFEST_MAX (1u << 20)

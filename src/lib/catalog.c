@@ -89,6 +89,10 @@ static const char *const migrations[] = {
     ");"
     "CREATE INDEX runs_by_status ON runs(status, id);"
     "PRAGMA user_version = 3;",
+    /* 4: a checkpoint may live in a disk layer other than the session's
+     * active disk (after a fork; docs/fork.md): its path under BLINK_HOME. */
+    "ALTER TABLE checkpoints ADD COLUMN layer TEXT NULL;"
+    "PRAGMA user_version = 4;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -755,8 +759,8 @@ int blink_catalog_checkpoint_put(blink_catalog_t *catalog, const blink_checkpoin
                                  blink_error_t *err)
 {
     static const char sql[] =
-        "INSERT OR REPLACE INTO checkpoints (session, name, created_at, size_bytes, memory) "
-        "VALUES (:session, :name, :created_at, :size_bytes, :memory)";
+        "INSERT OR REPLACE INTO checkpoints (session, name, created_at, size_bytes, memory, layer) "
+        "VALUES (:session, :name, :created_at, :size_bytes, :memory, :layer)";
     cleanup_stmt sqlite3_stmt *stmt = NULL;
     if (prepare(catalog, sql, &stmt, err) < 0)
         return -1;
@@ -767,11 +771,89 @@ int blink_catalog_checkpoint_put(blink_catalog_t *catalog, const blink_checkpoin
     bind_int64(&b, ":created_at", row->created_at);
     bind_int64(&b, ":size_bytes", row->size_bytes);
     bind_int64(&b, ":memory", row->memory ? 1 : 0);
+    if (row->layer[0])
+        bind_text(&b, ":layer", row->layer, sizeof(row->layer));
     if (binder_check(&b, err, "record checkpoint") < 0)
         return -1;
     int rc = sqlite3_step(stmt);
     if (rc != SQLITE_DONE)
         return sql_fail(catalog->db, rc, err, "record checkpoint `%s`", row->name);
+    return 0;
+}
+
+int blink_catalog_checkpoint_move(blink_catalog_t *catalog, const char *session, const char *from,
+                                  const char *to, blink_error_t *err)
+{
+    static const char sql[] = "UPDATE checkpoints SET layer = :to WHERE session = :session "
+                              "AND layer IS :from";
+    cleanup_stmt sqlite3_stmt *stmt = NULL;
+    if (prepare(catalog, sql, &stmt, err) < 0)
+        return -1;
+
+    binder_t b = {.stmt = stmt, .rc = SQLITE_OK};
+    bind_text(&b, ":session", session, SIZE_MAX);
+    if (from)
+        bind_text(&b, ":from", from, SIZE_MAX);
+    if (to)
+        bind_text(&b, ":to", to, SIZE_MAX);
+    if (binder_check(&b, err, "move checkpoints") < 0)
+        return -1;
+    int rc = sqlite3_step(stmt);
+    if (rc != SQLITE_DONE)
+        return sql_fail(catalog->db, rc, err, "move checkpoints of `%s`", session);
+    return 0;
+}
+
+static void checkpoint_from_stmt(sqlite3_stmt *stmt, blink_checkpoint_row_t *row)
+{
+    copy_text(stmt, 0, row->session, sizeof(row->session));
+    copy_text(stmt, 1, row->name, sizeof(row->name));
+    row->created_at = sqlite3_column_int64(stmt, 2);
+    row->size_bytes = sqlite3_column_int64(stmt, 3);
+    row->memory = sqlite3_column_int64(stmt, 4) != 0;
+    copy_text(stmt, 5, row->layer, sizeof(row->layer));
+}
+
+int blink_catalog_checkpoint_layered(blink_catalog_t *catalog, const char *session,
+                                     blink_checkpoint_row_t **rows, size_t *count,
+                                     blink_error_t *err)
+{
+    static const char sql[] = "SELECT session, name, created_at, size_bytes, memory, layer "
+                              "FROM checkpoints WHERE layer IS NOT NULL "
+                              "AND (:session IS NULL OR session = :session) ORDER BY created_at";
+    *rows = NULL;
+    *count = 0;
+    cleanup_stmt sqlite3_stmt *stmt = NULL;
+    if (prepare(catalog, sql, &stmt, err) < 0)
+        return -1;
+    binder_t b = {.stmt = stmt, .rc = SQLITE_OK};
+    if (session)
+        bind_text(&b, ":session", session, SIZE_MAX);
+    if (binder_check(&b, err, "list checkpoints") < 0)
+        return -1;
+
+    size_t capacity = 0;
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        if (*count == capacity) {
+            capacity = capacity ? capacity * 2 : 8;
+            blink_checkpoint_row_t *grown = realloc(*rows, capacity * sizeof(**rows));
+            if (grown == NULL) {
+                free(*rows);
+                *rows = NULL;
+                *count = 0;
+                return blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "list checkpoints");
+            }
+            *rows = grown;
+        }
+        checkpoint_from_stmt(stmt, &(*rows)[(*count)++]);
+    }
+    if (rc != SQLITE_DONE) {
+        free(*rows);
+        *rows = NULL;
+        *count = 0;
+        return sql_fail(catalog->db, rc, err, "list checkpoints");
+    }
     return 0;
 }
 
@@ -798,7 +880,7 @@ int blink_catalog_checkpoint_get(blink_catalog_t *catalog, const char *session,
                                  const char *name, blink_checkpoint_row_t *row,
                                  blink_error_t *err)
 {
-    static const char sql[] = "SELECT session, name, created_at, size_bytes, memory "
+    static const char sql[] = "SELECT session, name, created_at, size_bytes, memory, layer "
                               "FROM checkpoints WHERE session = :session AND name = :name";
     cleanup_stmt sqlite3_stmt *stmt = NULL;
     if (prepare(catalog, sql, &stmt, err) < 0)
@@ -814,11 +896,7 @@ int blink_catalog_checkpoint_get(blink_catalog_t *catalog, const char *session,
         return blink_fail(err, BLINK_E_NOT_FOUND, 0, "[catalog] no checkpoint `%s`", name);
     if (rc != SQLITE_ROW)
         return sql_fail(catalog->db, rc, err, "read checkpoint `%s`", name);
-    copy_text(stmt, 0, row->session, sizeof(row->session));
-    copy_text(stmt, 1, row->name, sizeof(row->name));
-    row->created_at = sqlite3_column_int64(stmt, 2);
-    row->size_bytes = sqlite3_column_int64(stmt, 3);
-    row->memory = sqlite3_column_int64(stmt, 4) != 0;
+    checkpoint_from_stmt(stmt, row);
     return 0;
 }
 

@@ -77,19 +77,30 @@ int blink_catalog_execution_abandon(blink_catalog_t *catalog, const char *sessio
                                     blink_error_t *err);
 
 /* Checkpoint metadata; the checkpoints themselves are qcow2 internal
- * snapshots of the session disk, which stay the truth of what exists. */
+ * snapshots. Those of the session's active disk (layer "") are listed from
+ * the disk itself, the truth of what exists; those in another layer (after
+ * a fork, docs/fork.md) are known from their row. */
 typedef struct blink_checkpoint_row {
     char session[33];
     char name[33];
     int64_t created_at; /* ms since the epoch */
     int64_t size_bytes;
     bool memory;
+    char layer[256]; /* "" or the file holding it, relative to BLINK_HOME */
 } blink_checkpoint_row_t;
 
 int blink_catalog_checkpoint_put(blink_catalog_t *catalog, const blink_checkpoint_row_t *row,
                                  blink_error_t *err);
 int blink_catalog_checkpoint_delete(blink_catalog_t *catalog, const char *session,
                                     const char *name, blink_error_t *err);
+/* Moves the session's checkpoints recorded in layer `from` to layer `to`
+ * (NULL: the active disk). */
+int blink_catalog_checkpoint_move(blink_catalog_t *catalog, const char *session, const char *from,
+                                  const char *to, blink_error_t *err);
+/* The checkpoints held by layers, of one session or (NULL) of all. */
+int blink_catalog_checkpoint_layered(blink_catalog_t *catalog, const char *session,
+                                     blink_checkpoint_row_t **rows, size_t *count,
+                                     blink_error_t *err);
 int blink_catalog_checkpoint_get(blink_catalog_t *catalog, const char *session,
                                  const char *name, blink_checkpoint_row_t *row,
                                  blink_error_t *err);

@@ -1,5 +1,6 @@
 /* Exporting a session as a .boxlite archive (boxlite.h, docs/archive.md). */
 #include "boxlite.h"
+#include "layers.h"
 #include "session.h"
 #include "shim_client.h"
 
@@ -85,14 +86,85 @@ int blink_sha256_file(const char *path, char hex[65], blink_progress_fn progress
 }
 
 typedef struct member {
-    const char *name; /* path in the archive */
-    char *path;       /* file on the host */
+    char name[64];  /* path in the archive */
+    char *path;     /* file on the host */
     uint64_t size;
     char sha256[65];
+    int backing;    /* index of the member it stands on; -1: none */
 } member_t;
 
+/* The members a session needs: its disk, every layer under it or holding
+ * one of its checkpoints, and the image at the bottom. */
+typedef struct member_list {
+    member_t items[2 + BOXLITE_LAYERS_MAX];
+    size_t count;
+} member_list_t;
+
+/* The archive name of the layer file `path`, adding it (and what it stands
+ * on) when new; the image's backing index is 1. Returns the index or -1. */
+static int add_layer(member_list_t *list, const char *path, const char *image, int depth,
+                     blink_error_t *err)
+{
+    cleanup_free char *real = realpath(path, NULL);
+    if (real == NULL)
+        return blink_fail(err, BLINK_E_IO, errno, "find layer `%s`", path);
+    if (strcmp(real, image) == 0)
+        return 1;
+    for (size_t i = 2; i < list->count; i++)
+        if (strcmp(list->items[i].path, real) == 0)
+            return (int)i;
+    char *backing = NULL;
+    uint64_t size;
+    if (depth >= LAYERS_MAX_DEPTH || list->count >= 2 + BOXLITE_LAYERS_MAX)
+        return blink_fail(err, BLINK_E_INVALID, 0, "the disk stands on too many layers");
+    if (layers_read_header(real, &backing, &size, err) < 0)
+        return -1;
+    if (backing == NULL)
+        return blink_fail(err, BLINK_E_INVALID, 0, "layer `%s` does not stand on the image", real);
+    int under = add_layer(list, backing, image, depth + 1, err);
+    free(backing);
+    if (under < 0)
+        return -1;
+    member_t *m = &list->items[list->count];
+    const char *base = strrchr(real, '/');
+    snprintf(m->name, sizeof(m->name), "layers/%.40s", base + 1);
+    m->path = strdup(real);
+    m->backing = under;
+    if (m->path == NULL)
+        return blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "export");
+    return (int)list->count++;
+}
+
+/* Fills the list after the disk (0) and image (1); `layered` are the
+ * session's checkpoints held by layers. */
+static int collect_layers(session_ctx_t *s, member_list_t *list, const char *disk,
+                          const blink_checkpoint_row_t *layered, size_t layered_count,
+                          blink_error_t *err)
+{
+    cleanup_free char *image = realpath(list->items[1].path, NULL);
+    char *backing = NULL;
+    uint64_t size;
+    if (image == NULL)
+        return blink_fail(err, BLINK_E_IO, errno, "find image `%s`", list->items[1].path);
+    if (layers_read_header(disk, &backing, &size, err) < 0)
+        return -1;
+    list->items[0].backing = backing ? add_layer(list, backing, image, 0, err) : -2;
+    free(backing);
+    if (list->items[0].backing == -2)
+        return blink_fail(err, BLINK_E_INVALID, 0, "the disk of `%s` has no image", s->name);
+    if (list->items[0].backing < 0)
+        return -1;
+    for (size_t i = 0; i < layered_count; i++) {
+        cleanup_free char *path = blink_strdup_printf("%s/%s", s->blink->home, layered[i].layer);
+        if (path == NULL || add_layer(list, path, image, 0, err) < 0)
+            return -1;
+    }
+    return 0;
+}
+
 static json_t *build_manifest(const blink_session_row_t *row, const member_t *members, size_t count,
-                              const blink_checkpoint_info_t *checkpoints, size_t checkpoint_count)
+                              const blink_checkpoint_info_t *checkpoints, size_t checkpoint_count,
+                              const blink_checkpoint_row_t *layered, size_t layered_count)
 {
     json_t *list = json_array();
     for (size_t i = 0; i < count; i++)
@@ -100,18 +172,44 @@ static json_t *build_manifest(const blink_session_row_t *row, const member_t *me
                               json_pack("{s:s, s:I, s:s}", "path", members[i].name, "size",
                                         (json_int_t)members[i].size, "sha256", members[i].sha256));
     json_t *snaps = json_array();
-    for (size_t i = 0; i < checkpoint_count; i++)
-        json_array_append_new(snaps, json_pack("{s:s, s:I, s:I, s:b}", "name", checkpoints[i].name,
-                                               "created_at", (json_int_t)checkpoints[i].created_at,
-                                               "size_bytes", (json_int_t)checkpoints[i].size_bytes,
-                                               "memory", checkpoints[i].memory));
-    return json_pack("{s:s, s:i, s:s, s:s, s:s, s:{s:i, s:i, s:b}, s:o, s:o, s:I, s:I}", "format",
-                     BOXLITE_FORMAT, "format_version", BOXLITE_FORMAT_VERSION, "blink_version",
+    for (size_t i = 0; i < checkpoint_count; i++) {
+        json_t *snap = json_pack("{s:s, s:I, s:I, s:b}", "name", checkpoints[i].name, "created_at",
+                                 (json_int_t)checkpoints[i].created_at, "size_bytes",
+                                 (json_int_t)checkpoints[i].size_bytes, "memory",
+                                 checkpoints[i].memory);
+        /* Where a layer holds it, the archive name of that layer. */
+        for (size_t j = 0; snap && j < layered_count; j++) {
+            cleanup_free char *real = strcmp(layered[j].name, checkpoints[i].name) == 0
+                                          ? blink_strdup_printf("%s", layered[j].layer)
+                                          : NULL;
+            const char *base = real ? strrchr(real, '/') : NULL;
+            for (size_t k = 2; base && k < count; k++)
+                if (strcmp(strrchr(members[k].name, '/'), base) == 0)
+                    json_object_set_new(snap, "layer", json_string(members[k].name));
+        }
+        json_array_append_new(snaps, snap);
+    }
+    json_t *layers = json_array();
+    for (size_t i = 2; i < count; i++)
+        json_array_append_new(layers, json_pack("{s:s, s:s}", "path", members[i].name, "backing",
+                                                members[members[i].backing].name));
+    int version = count > 2 ? BOXLITE_FORMAT_VERSION : 1;
+    json_t *manifest = json_pack(
+        "{s:s, s:i, s:s, s:s, s:s, s:{s:i, s:i, s:b}, s:o, s:o, s:I, s:I}", "format",
+                     BOXLITE_FORMAT, "format_version", version, "blink_version",
                      BLINK_VERSION_STRING, "name", row->name, "image", row->image, "resources",
                      "memory_mib", (int)row->memory_mib, "cpus", (int)row->cpus, "warm", row->warm,
                      "checkpoints", snaps, "members", list, "created_at",
                      (json_int_t)row->created_at, "exported_at",
                      (json_int_t)(blink_wall_ns() / 1000000));
+    if (manifest && count > 2) {
+        json_object_set_new(manifest, "layers", layers);
+        json_object_set_new(manifest, "disk_backing",
+                            json_string(members[members[0].backing].name));
+    } else {
+        json_decref(layers);
+    }
+    return manifest;
 }
 
 static int write_entry_header(struct archive *a, const char *name, uint64_t size,
@@ -251,9 +349,11 @@ int blink_session_export(blink_t *blink, const char *name, const blink_transfer_
     const blink_transfer_options_t *o = options ? options : &defaults;
     session_ctx_t s;
     blink_session_row_t row;
-    member_t members[2] = {{.name = BOXLITE_DISK}, {.name = BOXLITE_IMAGE}};
+    member_list_t list = {.count = 2};
+    member_t *members = list.items;
     blink_checkpoint_info_t *checkpoints = NULL;
-    size_t checkpoint_count = 0;
+    blink_checkpoint_row_t *layered = NULL;
+    size_t checkpoint_count = 0, layered_count = 0;
     bool disk_is_copy = false;
     char *output = NULL, *partial = NULL;
     json_t *manifest = NULL;
@@ -281,8 +381,13 @@ int blink_session_export(blink_t *blink, const char *name, const blink_transfer_
 
     if (blink_session_checkpoints(blink, name, &checkpoints, &checkpoint_count, err) < 0 ||
         (members[0].path = stable_disk(&s, &row, &disk_is_copy, err)) == NULL ||
-        (members[1].path = blink_image_disk(blink, row.image, err)) == NULL)
+        (members[1].path = blink_image_disk(blink, row.image, err)) == NULL ||
+        blink_catalog_checkpoint_layered(s.catalog, name, &layered, &layered_count, err) < 0 ||
+        collect_layers(&s, &list, members[0].path, layered, layered_count, err) < 0)
         goto out;
+    snprintf(members[0].name, sizeof(members[0].name), "%s", BOXLITE_DISK);
+    snprintf(members[1].name, sizeof(members[1].name), "%s", BOXLITE_IMAGE);
+    members[1].backing = -1;
 
     /* The copy of a running disk is ours alone: let the session go on. */
     if (disk_is_copy) {
@@ -292,7 +397,7 @@ int blink_session_export(blink_t *blink, const char *name, const blink_transfer_
 
     /* 1. sizes and checksums, so that the manifest can lead the archive */
     uint64_t total = 0, done = 0;
-    for (int i = 0; i < 2; i++) {
+    for (size_t i = 0; i < list.count; i++) {
         struct stat st;
         if (stat(members[i].path, &st) < 0) {
             blink_fail(err, BLINK_E_IO, errno, "stat `%s`", members[i].path);
@@ -301,18 +406,19 @@ int blink_session_export(blink_t *blink, const char *name, const blink_transfer_
         members[i].size = (uint64_t)st.st_size;
         total += members[i].size;
     }
-    for (int i = 0; i < 2; i++)
+    for (size_t i = 0; i < list.count; i++)
         if (blink_sha256_file(members[i].path, members[i].sha256, NULL, NULL, &done, total, err) <
             0)
             goto out;
 
     /* 2. the archive, under a temporary name until it is whole */
-    manifest = build_manifest(&row, members, 2, checkpoints, checkpoint_count);
+    manifest = build_manifest(&row, members, list.count, checkpoints, checkpoint_count, layered,
+                              layered_count);
     if (manifest == NULL) {
         blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "build manifest");
         goto out;
     }
-    if (write_archive(partial, manifest, members, 2, o, err) < 0)
+    if (write_archive(partial, manifest, members, list.count, o, err) < 0)
         goto out;
     struct stat st;
     if (stat(partial, &st) < 0 || rename(partial, output) < 0) {
@@ -328,9 +434,10 @@ out:
         unlink(partial);
     if (disk_is_copy && members[0].path)
         unlink(members[0].path);
-    free(members[0].path);
-    free(members[1].path);
+    for (size_t i = 0; i < list.count; i++)
+        free(members[i].path);
     free(checkpoints);
+    free(layered);
     json_decref(manifest);
     free(output);
     free(partial);

@@ -5,6 +5,7 @@
  * folder under BLINK_HOME/tmp; only when everything checks out do they move
  * into place, and the catalog row (the commit point) is written last. */
 #include "boxlite.h"
+#include "layers.h"
 #include "session.h"
 
 #include <archive.h>
@@ -21,11 +22,13 @@
 #define READ_CHUNK (1u << 20)
 
 typedef struct expected {
-    const char *name;
+    char name[64];
     uint64_t size;
     char sha256[65];
     bool seen;
-    char *staged; /* path in the staging folder */
+    char *staged;  /* path in the staging folder */
+    int backing;   /* index of the member it stands on (layers and disk) */
+    char *placed;  /* layers: where it went under BLINK_HOME/layers */
 } expected_t;
 
 typedef struct import {
@@ -33,9 +36,61 @@ typedef struct import {
     const blink_transfer_options_t *options;
     char *staging;
     json_t *manifest;
-    expected_t members[2]; /* BOXLITE_DISK, BOXLITE_IMAGE */
+    /* BOXLITE_DISK, BOXLITE_IMAGE, then the layers of a version 2 archive */
+    expected_t members[2 + BOXLITE_LAYERS_MAX];
+    size_t count;
     uint64_t total, done;
 } import_t;
+
+/* A layer's archive name: layers/ and 16 hex digits, .qcow2. */
+static bool layer_name_valid(const char *name)
+{
+    size_t prefix = strlen(BOXLITE_LAYER_PREFIX);
+    return strncmp(name, BOXLITE_LAYER_PREFIX, prefix) == 0 && strlen(name) == prefix + 22 &&
+           strspn(name + prefix, "0123456789abcdef") == 16 &&
+           strcmp(name + prefix + 16, ".qcow2") == 0;
+}
+
+static int member_index(const import_t *im, const char *name)
+{
+    for (size_t i = 0; name && i < im->count; i++)
+        if (strcmp(im->members[i].name, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* Version 2: every layer's backing, and the disk's, is the image or another
+ * layer, and following them from any layer reaches the image. */
+static int read_layer_graph(import_t *im, blink_error_t *err)
+{
+    json_t *layers = json_object_get(im->manifest, "layers");
+    if (json_array_size(layers) != im->count - 2)
+        return blink_fail(err, BLINK_E_INVALID, 0, "manifest's layers and members disagree");
+    json_t *layer;
+    size_t i;
+    json_array_foreach(layers, i, layer)
+    {
+        int self = member_index(im, json_string_value(json_object_get(layer, "path")));
+        int under = member_index(im, json_string_value(json_object_get(layer, "backing")));
+        if (self < 2 || under < 1 || under == self || im->members[self].backing != 0)
+            return blink_fail(err, BLINK_E_INVALID, 0, "manifest layer %zu is malformed", i + 1);
+        im->members[self].backing = under;
+    }
+    int disk_under = member_index(im, json_string_value(json_object_get(im->manifest,
+                                                                        "disk_backing")));
+    if (disk_under < 1)
+        return blink_fail(err, BLINK_E_INVALID, 0, "manifest names no backing for the disk");
+    im->members[0].backing = disk_under;
+    for (size_t k = 2; k < im->count; k++) {
+        int at = (int)k;
+        for (size_t steps = 0; at != 1; steps++) {
+            if (steps > im->count)
+                return blink_fail(err, BLINK_E_INVALID, 0, "manifest's layers form a loop");
+            at = im->members[at].backing;
+        }
+    }
+    return 0;
+}
 
 static int read_manifest(import_t *im, struct archive *a, blink_error_t *err)
 {
@@ -66,26 +121,39 @@ static int read_manifest(import_t *im, struct archive *a, blink_error_t *err)
     json_int_t version = json_integer_value(json_object_get(im->manifest, "format_version"));
     if (format == NULL || strcmp(format, BOXLITE_FORMAT) != 0)
         return blink_fail(err, BLINK_E_INVALID, 0, "not a blink session archive");
-    if (version != BOXLITE_FORMAT_VERSION)
+    if (version < 1 || version > BOXLITE_FORMAT_VERSION)
         return blink_fail(err, BLINK_E_INVALID, 0,
-                          "archive format version %lld; this blink reads version %d",
+                          "archive format version %lld; this blink reads versions 1-%d",
                           (long long)version, BOXLITE_FORMAT_VERSION);
 
-    /* The manifest must list exactly our members, each once. */
+    /* The manifest must list exactly our members, each once: the disk, the
+     * image and (version 2) layers with names of the one allowed form. */
     json_t *list = json_object_get(im->manifest, "members");
-    if (json_array_size(list) != 2)
-        return blink_fail(err, BLINK_E_INVALID, 0, "manifest lists %zu members, expected 2",
-                          json_array_size(list));
-    im->members[0].name = BOXLITE_DISK;
-    im->members[1].name = BOXLITE_IMAGE;
-    for (size_t i = 0; i < 2; i++) {
+    size_t listed = json_array_size(list);
+    size_t max = version == 1 ? 2 : 2 + BOXLITE_LAYERS_MAX;
+    if (listed < 2 || listed > max)
+        return blink_fail(err, BLINK_E_INVALID, 0, "manifest lists %zu members, expected 2%s",
+                          listed, version == 1 ? "" : " or more (at most 66)");
+    snprintf(im->members[0].name, sizeof(im->members[0].name), "%s", BOXLITE_DISK);
+    snprintf(im->members[1].name, sizeof(im->members[1].name), "%s", BOXLITE_IMAGE);
+    im->count = 2;
+    for (size_t i = 0; i < listed; i++) {
+        json_t *m = json_array_get(list, i);
+        const char *path = json_string_value(json_object_get(m, "path"));
+        if (path && layer_name_valid(path) && member_index(im, path) < 0) {
+            snprintf(im->members[im->count].name, sizeof(im->members[0].name), "%s", path);
+            im->count++;
+        }
+    }
+    if (im->count != listed)
+        return blink_fail(err, BLINK_E_INVALID, 0, "manifest lists a member of no known kind");
+    for (size_t i = 0; i < listed; i++) {
         json_t *m = json_array_get(list, i);
         const char *path = json_string_value(json_object_get(m, "path"));
         const char *sha = json_string_value(json_object_get(m, "sha256"));
         json_int_t msize = json_integer_value(json_object_get(m, "size"));
-        expected_t *e = path && strcmp(path, BOXLITE_DISK) == 0    ? &im->members[0]
-                        : path && strcmp(path, BOXLITE_IMAGE) == 0 ? &im->members[1]
-                                                                   : NULL;
+        int index = member_index(im, path);
+        expected_t *e = index >= 0 ? &im->members[index] : NULL;
         if (e == NULL || e->sha256[0] || sha == NULL || strlen(sha) != 64 ||
             strspn(sha, "0123456789abcdef") != 64 || msize <= 0 ||
             (uint64_t)msize > BOXLITE_MEMBER_MAX)
@@ -94,7 +162,8 @@ static int read_manifest(import_t *im, struct archive *a, blink_error_t *err)
         memcpy(e->sha256, sha, 65);
         im->total += e->size;
     }
-    return 0;
+    im->members[0].backing = 1;
+    return im->count > 2 ? read_layer_graph(im, err) : 0;
 }
 
 /* Streams one member into the staging folder, checking size and digest. */
@@ -102,10 +171,8 @@ static int stage_member(import_t *im, struct archive *a, struct archive_entry *e
                         blink_error_t *err)
 {
     const char *path = archive_entry_pathname(entry);
-    expected_t *e = NULL;
-    for (int i = 0; i < 2; i++)
-        if (path && strcmp(path, im->members[i].name) == 0)
-            e = &im->members[i];
+    int index = member_index(im, path);
+    expected_t *e = index >= 0 ? &im->members[index] : NULL;
     if (e == NULL)
         return blink_fail(err, BLINK_E_INVALID, 0, "unexpected member `%.100s`",
                           path ? path : "(no name)");
@@ -118,7 +185,7 @@ static int stage_member(import_t *im, struct archive *a, struct archive_entry *e
                           e->name);
     e->seen = true;
 
-    e->staged = blink_strdup_printf("%s/%s", im->staging, e == &im->members[0] ? "disk" : "image");
+    e->staged = blink_strdup_printf("%s/member-%d", im->staging, index);
     if (e->staged == NULL)
         return blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "stage member");
     cleanup_close int fd = open(e->staged, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -204,7 +271,7 @@ static int read_members(import_t *im, const char *path, blink_error_t *err)
         if (stage_member(im, a, entry, err) < 0)
             goto out;
     }
-    for (int i = 0; i < 2; i++)
+    for (size_t i = 0; i < im->count; i++)
         if (!im->members[i].seen) {
             blink_fail(err, BLINK_E_INVALID, 0, "archive lacks `%s`", im->members[i].name);
             goto out;
@@ -245,6 +312,11 @@ static char *install_image(import_t *im, blink_error_t *err)
     }
     if (access(disk, R_OK) == 0)
         return installed; /* an earlier import brought the same image */
+    /* Checked before it lands among the images, where it would stay. */
+    if (blink_qcow2_check(image->staged, NULL, err) < 0) {
+        free(installed);
+        return NULL;
+    }
 
     cleanup_free char *staged_dir = blink_strdup_printf("%s/image-dir", im->staging);
     cleanup_free char *staged_disk = blink_strdup_printf("%s/disk.qcow2", staged_dir);
@@ -275,11 +347,85 @@ static int rebase(const char *disk, const char *backing, blink_error_t *err)
     return blink_run_program(argv, err);
 }
 
+/* Checks a staged qcow2 file and points it at `backing` (our path). */
+static int adopt_disk_file(const char *staged, const char *backing, blink_error_t *err)
+{
+    if (check_qcow2_header(staged, true, err) < 0 || rebase(staged, backing, err) < 0 ||
+        blink_qcow2_check(staged, backing, err) < 0)
+        return -1;
+    return 0;
+}
+
+/* Moves the layers into BLINK_HOME/layers under fresh names, bottom first,
+ * each rebased onto where the one under it went. Layers lock held. */
+static int place_layers(import_t *im, const char *image, blink_error_t *err)
+{
+    cleanup_free char *dir = blink_strdup_printf("%s/layers", im->blink->home);
+    if (dir == NULL || blink_mkdir_p(dir, 0700, err) < 0)
+        return -1;
+    for (bool progress = true; progress;) {
+        progress = false;
+        for (size_t i = 2; i < im->count; i++) {
+            expected_t *e = &im->members[i];
+            const expected_t *under = &im->members[e->backing];
+            if (e->placed || (e->backing != 1 && under->placed == NULL))
+                continue;
+            char *target = layers_new_path(dir, err);
+            if (target == NULL ||
+                adopt_disk_file(e->staged, e->backing == 1 ? image : under->placed, err) < 0) {
+                free(target);
+                return -1;
+            }
+            if (chmod(e->staged, 0400) < 0 || rename(e->staged, target) < 0) {
+                free(target);
+                return blink_fail(err, BLINK_E_IO, errno, "place layer `%s`", e->name);
+            }
+            e->placed = target;
+            progress = true;
+        }
+    }
+    return 0;
+}
+
+static void unplace_layers(import_t *im)
+{
+    for (size_t i = 2; i < im->count; i++)
+        if (im->members[i].placed)
+            unlink(im->members[i].placed);
+}
+
+static void record_checkpoints(import_t *im, session_ctx_t *s, const char *name)
+{
+    json_t *snap;
+    size_t i;
+    json_array_foreach(json_object_get(im->manifest, "checkpoints"), i, snap)
+    {
+        const char *snap_name = json_string_value(json_object_get(snap, "name"));
+        if (snap_name == NULL || !blink_name_valid(snap_name))
+            continue;
+        blink_checkpoint_row_t meta = {
+            .created_at = json_integer_value(json_object_get(snap, "created_at")),
+            .size_bytes = json_integer_value(json_object_get(snap, "size_bytes")),
+            .memory = json_is_true(json_object_get(snap, "memory")),
+        };
+        snprintf(meta.session, sizeof(meta.session), "%s", name);
+        snprintf(meta.name, sizeof(meta.name), "%s", snap_name);
+        int layer = member_index(im, json_string_value(json_object_get(snap, "layer")));
+        if (layer >= 2 && im->members[layer].placed)
+            snprintf(meta.layer, sizeof(meta.layer), "%s",
+                     layers_relative(im->blink, im->members[layer].placed));
+        else if (layer >= 0)
+            continue; /* names no layer of ours */
+        blink_error_t ignored;
+        blink_catalog_checkpoint_put(s->catalog, &meta, &ignored);
+    }
+}
+
 static int commit(import_t *im, const char *name, blink_error_t *err)
 {
     session_ctx_t s;
     blink_session_row_t row;
-    int rc = -1;
+    int rc = -1, layers_fd = -1;
     cleanup_free char *image = NULL;
     cleanup_free char *base = NULL;
     cleanup_free char *real_base = NULL;
@@ -294,11 +440,16 @@ static int commit(import_t *im, const char *name, blink_error_t *err)
         (base = blink_image_disk(im->blink, image, err)) == NULL)
         goto out;
     real_base = realpath(base, NULL);
-    if (real_base == NULL || blink_qcow2_check(real_base, NULL, err) < 0 ||
-        check_qcow2_header(im->members[0].staged, true, err) < 0 ||
-        rebase(im->members[0].staged, real_base, err) < 0 ||
-        blink_qcow2_check(im->members[0].staged, real_base, err) < 0)
+    if (real_base == NULL || blink_qcow2_check(real_base, NULL, err) < 0)
         goto out;
+    /* Layers in place are unused until the row exists: keep collection off. */
+    if (im->count > 2 && ((layers_fd = layers_lock(im->blink, err)) < 0 ||
+                          place_layers(im, real_base, err) < 0))
+        goto fail_files;
+    int under = im->members[0].backing;
+    if (adopt_disk_file(im->members[0].staged, under == 1 ? real_base : im->members[under].placed,
+                        err) < 0)
+        goto fail_files;
 
     blink_remove_tree(s.dir); /* debris without a row */
     if (blink_mkdir_p(s.dir, 0700, err) < 0 || rename(im->members[0].staged, s.disk) < 0) {
@@ -319,30 +470,17 @@ static int commit(import_t *im, const char *name, blink_error_t *err)
     if (blink_catalog_session_insert(s.catalog, &row, err) < 0)
         goto fail_files;
 
-    /* Checkpoint metadata; the snapshots themselves came inside the disk. */
-    json_t *snap;
-    size_t i;
-    json_array_foreach(json_object_get(im->manifest, "checkpoints"), i, snap)
-    {
-        const char *snap_name = json_string_value(json_object_get(snap, "name"));
-        if (snap_name == NULL || !blink_name_valid(snap_name))
-            continue;
-        blink_checkpoint_row_t meta = {
-            .created_at = json_integer_value(json_object_get(snap, "created_at")),
-            .size_bytes = json_integer_value(json_object_get(snap, "size_bytes")),
-            .memory = json_is_true(json_object_get(snap, "memory")),
-        };
-        snprintf(meta.session, sizeof(meta.session), "%s", name);
-        snprintf(meta.name, sizeof(meta.name), "%s", snap_name);
-        blink_error_t ignored;
-        blink_catalog_checkpoint_put(s.catalog, &meta, &ignored);
-    }
+    /* Checkpoint metadata; the snapshots themselves came inside the disks. */
+    record_checkpoints(im, &s, name);
     rc = 0;
     goto out;
 
 fail_files:
+    unplace_layers(im);
     blink_remove_tree(s.dir);
 out:
+    if (layers_fd >= 0)
+        close(layers_fd);
     session_ctx_close(&s);
     return rc;
 }
@@ -385,8 +523,10 @@ out:
     if (im.staging)
         blink_remove_tree(im.staging);
     free(im.staging);
-    for (int i = 0; i < 2; i++)
+    for (size_t i = 0; i < im.count; i++) {
         free(im.members[i].staged);
+        free(im.members[i].placed);
+    }
     json_decref(im.manifest);
     if (rc < 0)
         blink_wrap(err, "import `%s`", archive ? archive : "");

@@ -12,6 +12,7 @@
 #include "agent.h"
 #include "catalog.h"
 #include "context.h"
+#include "layers.h"
 #include "result.h"
 #include "session.h"
 #include "shim_client.h"
@@ -704,6 +705,7 @@ int blink_session_remove(blink_t *blink, const char *name, bool force, blink_err
     if (blink_catalog_session_delete(s.catalog, name, err) < 0)
         goto out;
     blink_remove_tree(s.dir);
+    layers_collect(blink, s.catalog); /* the layers only it stood on */
     rc = 0;
 out:
     session_ctx_close(&s);

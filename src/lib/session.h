@@ -33,4 +33,9 @@ int session_ensure_running(session_ctx_t *s, blink_session_row_t *row, blink_err
 /* Stops the VM cleanly (forcefully after a grace period). Lock held. */
 int session_stop_vm(session_ctx_t *s, blink_session_row_t *row, blink_error_t *err);
 
+/* Finds a checkpoint of the session; `layer` gets the layer holding it
+ * ("" for the active disk). Lock held. */
+int checkpoint_find(session_ctx_t *s, const char *snapshot, blink_checkpoint_info_t *found,
+                    char layer[256], blink_error_t *err);
+
 #endif

@@ -77,6 +77,7 @@ static const struct {
     {BLIN_CTL_FREEZE, "freeze"},       {BLIN_SHIM_CHECKPOINT, "checkpoint"},
     {BLIN_SHIM_RESTORE, "restore"},    {BLIN_SHIM_DELETE, "delete"},
     {BLIN_SHIM_EXPORT, "export"},      {BLIN_SHIM_ATTACH, "attach"},
+    {BLIN_SHIM_LAYER, "layer"},
 };
 
 const char *blin_type_name(uint8_t type)

@@ -59,6 +59,8 @@ enum {
     BLIN_SHIM_EXPORT = 0x56,       /* both: str path; copies the disk while paused */
     BLIN_SHIM_ATTACH = 0x57,       /* client: u64 execution id, u64 after seq; reply:
                                       u64 first seq, u64 last seq, u32 flags, then output */
+    BLIN_SHIM_LAYER = 0x5f,        /* both: str path of an overlay over the disk; the VM
+                                      moves onto it (fork, docs/fork.md); empty reply */
 };
 
 /* Flags of an Exit frame (third u32 of its payload). */

@@ -5,7 +5,9 @@
  *   and device state in one qcow2 snapshot. The VM pauses while it saves.
  * - Disk-only checkpoints of a running VM: the guest syncs and freezes its
  *   root filesystem (FIFREEZE), QMP blockdev-snapshot-internal-sync takes the
- *   qcow2 snapshot, and the guest thaws. */
+ *   qcow2 snapshot, and the guest thaws.
+ * - A fork moves the VM onto a new overlay (QMP blockdev-snapshot-sync) the
+ *   same way frozen, so that the disk under it can be shared. */
 #include "shim.h"
 
 #include <errno.h>
@@ -61,11 +63,22 @@ static int guest_freeze(shim_t *shim, bool freeze, blink_error_t *err)
     return 0;
 }
 
+/* The node the VM writes to: "root" until a fork stacked overlays on it. */
+static void top_node(const shim_t *shim, char name[16])
+{
+    if (shim->layers == 0)
+        snprintf(name, 16, "root");
+    else
+        snprintf(name, 16, "top%u", shim->layers);
+}
+
 static int disk_only(shim_t *shim, const char *name, blink_error_t *err)
 {
     if (guest_freeze(shim, true, err) < 0)
         return -1;
-    json_t *args = json_pack("{s:s, s:s}", "device", "root", "name", name);
+    char node[16];
+    top_node(shim, node);
+    json_t *args = json_pack("{s:s, s:s}", "device", node, "name", name);
     int rc = blink_qmp_execute(&shim->vm->qmp, "blockdev-snapshot-internal-sync", args, NULL,
                                blink_now_ms() + MONITOR_TIMEOUT_MS, err);
     json_decref(args);
@@ -104,7 +117,9 @@ int shim_restore(shim_t *shim, const char *name, blink_error_t *err)
 
 int shim_delete_checkpoint(shim_t *shim, const char *name, blink_error_t *err)
 {
-    json_t *args = json_pack("{s:s, s:s}", "device", "root", "name", name);
+    char node[16];
+    top_node(shim, node);
+    json_t *args = json_pack("{s:s, s:s}", "device", node, "name", name);
     int rc = blink_qmp_execute(&shim->vm->qmp, "blockdev-snapshot-delete-internal-sync", args, NULL,
                                blink_now_ms() + MONITOR_TIMEOUT_MS, err);
     json_decref(args);
@@ -131,5 +146,32 @@ int shim_copy_disk(shim_t *shim, const char *disk, const char *target, blink_err
             *err = resume_err;
         return -1;
     }
+    return rc;
+}
+
+/* The caller made `overlay` over a link to the disk (so its header already
+ * names the shared layer); QEMU opens it as it is ("existing") and puts the
+ * current node under it, with the guest's filesystem frozen meanwhile. */
+int shim_add_layer(shim_t *shim, const char *overlay, blink_error_t *err)
+{
+    char node[16], next[16];
+    top_node(shim, node);
+    snprintf(next, sizeof(next), "top%u", shim->layers + 1);
+    log_info("shim", "move the disk onto overlay %s", overlay);
+    if (guest_freeze(shim, true, err) < 0)
+        return -1;
+    json_t *args = json_pack("{s:s, s:s, s:s, s:s, s:s}", "node-name", node, "snapshot-file",
+                             overlay, "snapshot-node-name", next, "format", "qcow2", "mode",
+                             "existing");
+    int rc = blink_qmp_execute(&shim->vm->qmp, "blockdev-snapshot-sync", args, NULL,
+                               blink_now_ms() + MONITOR_TIMEOUT_MS, err);
+    json_decref(args);
+    if (rc == 0)
+        shim->layers++;
+    /* Once moved, the answer must say so whatever the thaw does: the client
+     * renames files by it. */
+    blink_error_t thaw_err;
+    if (guest_freeze(shim, false, &thaw_err) < 0)
+        log_error("shim", "thaw after moving onto an overlay: %s", thaw_err.message);
     return rc;
 }

@@ -319,7 +319,7 @@ static void client_snapshot_op(shim_t *shim, shim_client_t *c, const blin_header
         shim_send_error(shim, c, h->request_id, EINVAL, "malformed request");
         return;
     }
-    bool is_name = h->type != BLIN_SHIM_EXPORT;
+    bool is_name = h->type != BLIN_SHIM_EXPORT && h->type != BLIN_SHIM_LAYER;
     if (is_name && !blink_name_valid(arg)) {
         shim_send_error(shim, c, h->request_id, EINVAL, "bad checkpoint name");
         return;
@@ -336,6 +336,9 @@ static void client_snapshot_op(shim_t *shim, shim_client_t *c, const blin_header
         break;
     case BLIN_SHIM_DELETE:
         rc = shim_delete_checkpoint(shim, arg, &err);
+        break;
+    case BLIN_SHIM_LAYER:
+        rc = shim_add_layer(shim, arg, &err);
         break;
     default:
         rc = shim_copy_disk(shim, shim->disk_path, arg, &err);
@@ -368,6 +371,7 @@ static void client_frame(shim_t *shim, shim_client_t *c, const blin_header_t *h,
     case BLIN_SHIM_RESTORE:
     case BLIN_SHIM_DELETE:
     case BLIN_SHIM_EXPORT:
+    case BLIN_SHIM_LAYER:
         client_snapshot_op(shim, c, h, payload);
         break;
     case BLIN_SHIM_EXEC_OPTIONS: {

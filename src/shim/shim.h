@@ -71,6 +71,7 @@ typedef struct shim {
     uint64_t stop_deadline_ms;
     char boot_id[64];
     int freeze_reply; /* -1 waiting; 0 done; errno on failure */
+    unsigned layers;  /* overlays the VM moved onto (fork); names its top node */
     uint64_t next_guest_id;
     shim_client_t *clients[SHIM_MAX_CLIENTS];
     shim_execution_t executions[SHIM_MAX_EXECUTIONS];
@@ -133,5 +134,6 @@ int shim_checkpoint(shim_t *shim, const char *name, bool memory, blink_error_t *
 int shim_restore(shim_t *shim, const char *name, blink_error_t *err);
 int shim_delete_checkpoint(shim_t *shim, const char *name, blink_error_t *err);
 int shim_copy_disk(shim_t *shim, const char *disk, const char *target, blink_error_t *err);
+int shim_add_layer(shim_t *shim, const char *overlay, blink_error_t *err);
 
 #endif

@@ -78,7 +78,7 @@ static void test_fresh_database(const char *dir)
     }
 
     /* Migrated to version 1, in WAL mode, with both tables. */
-    CHECK(raw_int(path, "PRAGMA user_version") == 3);
+    CHECK(raw_int(path, "PRAGMA user_version") == 4);
     CHECK(raw_int(path, "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND "
                         "name IN ('sessions', 'executions')") == 2);
     CHECK(raw_int(path, "SELECT journal_mode = 'wal' FROM pragma_journal_mode") == 1);
@@ -86,7 +86,7 @@ static void test_fresh_database(const char *dir)
 
     /* Opening again applies nothing and keeps the version. */
     CHECK(blink_catalog_open(path, &catalog, &err) == 0);
-    CHECK(raw_int(path, "PRAGMA user_version") == 3);
+    CHECK(raw_int(path, "PRAGMA user_version") == 4);
     blink_catalog_close(catalog);
 }
 
@@ -245,6 +245,51 @@ static void test_executions(blink_catalog_t *catalog, const char *path)
     CHECK(raw_int(path, "SELECT count(*) FROM executions WHERE session = 'runner'") == 0);
 }
 
+static void put_checkpoint(blink_catalog_t *catalog, const char *session, const char *name,
+                           const char *layer)
+{
+    blink_error_t err = {0};
+    blink_checkpoint_row_t row = {.created_at = 10, .size_bytes = 20, .memory = true};
+    snprintf(row.session, sizeof(row.session), "%s", session);
+    snprintf(row.name, sizeof(row.name), "%s", name);
+    snprintf(row.layer, sizeof(row.layer), "%s", layer);
+    CHECK(blink_catalog_checkpoint_put(catalog, &row, &err) == 0);
+}
+
+static void test_checkpoints(blink_catalog_t *catalog, const char *path)
+{
+    blink_error_t err = {0};
+    blink_session_row_t row = make_row("holder");
+    CHECK(blink_catalog_session_insert(catalog, &row, &err) == 0);
+    put_checkpoint(catalog, "holder", "active-one", "");
+    put_checkpoint(catalog, "holder", "layered", "layers/aa.qcow2");
+
+    blink_checkpoint_row_t got;
+    CHECK(blink_catalog_checkpoint_get(catalog, "holder", "active-one", &got, &err) == 0);
+    CHECK(got.layer[0] == '\0' && got.memory && got.size_bytes == 20);
+    CHECK(raw_int(path, "SELECT count(*) FROM checkpoints WHERE layer IS NULL") == 1);
+
+    blink_checkpoint_row_t *rows = NULL;
+    size_t count = 0;
+    CHECK(blink_catalog_checkpoint_layered(catalog, "holder", &rows, &count, &err) == 0);
+    CHECK(count == 1 && rows && strcmp(rows[0].layer, "layers/aa.qcow2") == 0);
+    free(rows);
+
+    /* A fork moves the active disk's checkpoints into the frozen layer. */
+    CHECK(blink_catalog_checkpoint_move(catalog, "holder", NULL, "layers/bb.qcow2", &err) == 0);
+    CHECK(blink_catalog_checkpoint_get(catalog, "holder", "active-one", &got, &err) == 0);
+    CHECK(strcmp(got.layer, "layers/bb.qcow2") == 0);
+    CHECK(blink_catalog_checkpoint_move(catalog, "holder", "layers/aa.qcow2", NULL, &err) == 0);
+    CHECK(blink_catalog_checkpoint_get(catalog, "holder", "layered", &got, &err) == 0);
+    CHECK(got.layer[0] == '\0');
+    CHECK(blink_catalog_checkpoint_layered(catalog, NULL, &rows, &count, &err) == 0);
+    CHECK(count == 1);
+    free(rows);
+
+    CHECK(blink_catalog_session_delete(catalog, "holder", &err) == 0);
+    CHECK(raw_int(path, "SELECT count(*) FROM checkpoints") == 0);
+}
+
 static void test_rows(const char *dir)
 {
     cleanup_free char *path = db_path(dir, "rows.db");
@@ -257,6 +302,7 @@ static void test_rows(const char *dir)
     test_sessions(catalog, path);
     test_session_errors(catalog);
     test_executions(catalog, path);
+    test_checkpoints(catalog, path);
     blink_catalog_close(catalog);
 
     /* What was written is there after a reopen. */
@@ -285,7 +331,7 @@ static void test_newer_schema_refused(const char *dir)
     CHECK(blink_catalog_open(path, &catalog, &err) < 0);
     CHECK(catalog == NULL);
     CHECK(err.code == BLINK_E_INVALID);
-    CHECK(strstr(err.message, "schema version 999; this blink knows up to 3") != NULL);
+    CHECK(strstr(err.message, "schema version 999; this blink knows up to 4") != NULL);
 
     /* Refused, and left as it was. */
     CHECK(raw_int(path, "PRAGMA user_version") == 999);
@@ -403,7 +449,7 @@ static void test_concurrent_first_open(const char *dir)
         CHECK(children[i] > 0 && waitpid(children[i], &status, 0) == children[i]);
         CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     }
-    CHECK(raw_int(path, "PRAGMA user_version") == 3);
+    CHECK(raw_int(path, "PRAGMA user_version") == 4);
     CHECK(raw_int(path, "SELECT count(*) FROM sessions") == WRITERS);
 }
 
