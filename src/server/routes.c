@@ -29,6 +29,7 @@ static const struct route {
     {"GET", "sessions/*/checkpoints", route_checkpoints_list},
     {"POST", "sessions/*/checkpoints/*/restore", route_checkpoint_restore},
     {"DELETE", "sessions/*/checkpoints/*", route_checkpoint_delete},
+    {"POST", "sessions/*/fork", route_session_fork},
     {"POST", "sessions/*/spawn", route_session_spawn},
     {"GET", "sessions/*/executions/*/attach", route_execution_attach},
     {"POST", "sessions/*/export", route_session_export},

@@ -213,6 +213,7 @@ enum MHD_Result route_session_run(request_t *req, char **params);
 enum MHD_Result route_checkpoints_create(request_t *req, char **params);
 enum MHD_Result route_checkpoints_list(request_t *req, char **params);
 enum MHD_Result route_checkpoint_restore(request_t *req, char **params);
+enum MHD_Result route_session_fork(request_t *req, char **params);
 
 enum MHD_Result route_checkpoint_delete(request_t *req, char **params);
 

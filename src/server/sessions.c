@@ -231,3 +231,37 @@ enum MHD_Result route_checkpoint_delete(request_t *req, char **params)
                      json_pack("{s:s, s:s, s:s}", "event", "checkpoint_deleted", "session",
                                params[0], "name", params[1]));
 }
+
+/* POST /api/sessions/{name}/fork {"to": NAME, "snapshot"?: S} (docs/fork.md). */
+enum MHD_Result route_session_fork(request_t *req, char **params)
+{
+    enum MHD_Result queued;
+    if (!session_param(req, params[0], &queued))
+        return queued;
+    json_t *body = http_body_object(req, &queued);
+    if (body == NULL)
+        return queued;
+
+    blink_error_t err = {0};
+    const char *target = NULL, *snapshot = NULL;
+    blink_session_info_t info;
+    int rc = 0;
+    if (body_string(body, "to", true, &target, &err) < 0 ||
+        check_name("session", target, &err) < 0 ||
+        body_string(body, "snapshot", false, &snapshot, &err) < 0 ||
+        (snapshot && check_name("snapshot", snapshot, &err) < 0))
+        rc = -1;
+    if (rc == 0)
+        rc = blink_session_fork(req->server->blink, params[0], target, snapshot, &err);
+    if (rc == 0)
+        rc = blink_session_info(req->server->blink, target, &info, &err);
+    json_t *event = rc == 0 ? json_pack("{s:s, s:s, s:s, s:o, s:s, s:s}", "event",
+                                        "session_forked", "name", target, "source", params[0],
+                                        "snapshot", snapshot ? json_string(snapshot) : json_null(),
+                                        "image", info.image, "state", info.state)
+                            : NULL;
+    json_decref(body);
+    if (rc < 0)
+        return http_fail(req, &err);
+    return http_json(req, MHD_HTTP_CREATED, event);
+}

@@ -256,6 +256,24 @@ def test_checkpoints(server, session):
                           f"/api/sessions/{session}/checkpoints/no-such/restore")[0] == 404
 
 
+def test_fork_over_http(server, session):
+    forked = server.json("POST", f"/api/sessions/{session}/fork", {"to": "srv-fork"},
+                         expect=201)
+    assert forked == {"event": "session_forked", "name": "srv-fork", "source": session,
+                      "snapshot": None, "image": "debian-12", "state": "stopped"}
+    result = server.json("POST", "/api/sessions/srv-fork/runs",
+                         {"script_inline": inline("#!/bin/sh\ncat /root/marker\n")})
+    assert result["stdout"] == "kept\n"
+    assert server.request("POST", f"/api/sessions/{session}/fork", {"to": "x"})[0] == 400
+    assert server.request("POST", f"/api/sessions/{session}/fork", {})[0] == 400
+    assert server.request("POST", f"/api/sessions/{session}/fork",
+                          {"to": "srv-fork"})[0] == 409
+    assert server.request("POST", "/api/sessions/no-such/fork", {"to": "srv-fork-2"})[0] == 404
+    assert server.request("POST", f"/api/sessions/{session}/fork",
+                          {"to": "srv-fork-2", "snapshot": "no-such"})[0] == 404
+    assert server.request("DELETE", "/api/sessions/srv-fork")[0] == 200
+
+
 def test_queued_session_run(server, session):
     queued = server.json("POST", "/api/runs", {"script_inline": inline("cat /root/marker\n"),
                                                "session_name": session}, expect=202)
