@@ -105,10 +105,13 @@ def main():
             rss.append(t)
 
         # Fork of the same session beside a plain copy of its disk file.
+        # (All copies first: the first fork leaves the session's disk an
+        # empty overlay over the layer that now holds the data.)
         forks, copies, fork_bytes = [], [], 0
         for i in range(args.runs):
             copies.append(timed_shell(f"cp --sparse=always {disk} {tmp}/copy.qcow2"))
             (tmp / "copy.qcow2").unlink()
+        for i in range(args.runs):
             t, _ = cli("session", "fork", "--name", name, "--to", f"bench-fork-{i}")
             forks.append(t)
             fork_disk = HOME / "sessions" / f"bench-fork-{i}" / "disk.qcow2"
