@@ -242,6 +242,10 @@ BLINK_API int blink_execution_kill(blink_execution_t *execution, int signo, blin
 
 /* After pump returned 1: the exit code (-1 if a signal ended it), the signal,
  * and whether the timeout ended it. */
+/* Whether the process ended (its exit status below is then final). An
+ * attach to an execution whose VM no longer runs gives an exited handle
+ * carrying the recorded status and no output. */
+BLINK_API bool blink_execution_exited(const blink_execution_t *execution);
 BLINK_API int blink_execution_exit_code(const blink_execution_t *execution);
 BLINK_API int blink_execution_exit_signal(const blink_execution_t *execution);
 BLINK_API bool blink_execution_timed_out(const blink_execution_t *execution);

@@ -713,6 +713,34 @@ int blink_catalog_execution_finish(blink_catalog_t *catalog, int64_t id, int exi
     return 0;
 }
 
+int blink_catalog_execution_get(blink_catalog_t *catalog, const char *session, int64_t id,
+                                blink_execution_row_t *row, blink_error_t *err)
+{
+    static const char sql[] = "SELECT finished_at IS NOT NULL, exit_code IS NOT NULL, "
+                              "coalesce(exit_code, -1), coalesce(signal, 0), timed_out "
+                              "FROM executions WHERE id = :id AND session = :session";
+    cleanup_stmt sqlite3_stmt *stmt = NULL;
+    if (prepare(catalog, sql, &stmt, err) < 0)
+        return -1;
+    binder_t b = {.stmt = stmt, .rc = SQLITE_OK};
+    bind_int64(&b, ":id", id);
+    bind_text(&b, ":session", session, SIZE_MAX);
+    if (binder_check(&b, err, "read execution") < 0)
+        return -1;
+    int rc = sqlite3_step(stmt);
+    if (rc == SQLITE_DONE)
+        return blink_fail(err, BLINK_E_NOT_FOUND, 0, "[catalog] no execution %lld in `%s`",
+                          (long long)id, session);
+    if (rc != SQLITE_ROW)
+        return sql_fail(catalog->db, rc, err, "read execution %lld", (long long)id);
+    row->finished = sqlite3_column_int64(stmt, 0) != 0;
+    row->has_status = sqlite3_column_int64(stmt, 1) != 0;
+    row->exit_code = (int)sqlite3_column_int64(stmt, 2);
+    row->signal = (int)sqlite3_column_int64(stmt, 3);
+    row->timed_out = sqlite3_column_int64(stmt, 4) != 0;
+    return 0;
+}
+
 int blink_catalog_execution_active(blink_catalog_t *catalog, const char *session, int64_t *count,
                                    blink_error_t *err)
 {

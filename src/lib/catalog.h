@@ -68,6 +68,17 @@ int blink_catalog_execution_finish(blink_catalog_t *catalog, int64_t id, int exi
                                    bool timed_out, blink_error_t *err);
 
 /* Number of executions of `session` that started and have not finished. */
+/* How an execution ended, as recorded. */
+typedef struct blink_execution_row {
+    bool finished;   /* it ended (or its VM did) */
+    bool has_status; /* its exit was seen: exit_code, signal and timed_out hold */
+    int exit_code;
+    int signal;
+    bool timed_out;
+} blink_execution_row_t;
+
+int blink_catalog_execution_get(blink_catalog_t *catalog, const char *session, int64_t id,
+                                blink_execution_row_t *row, blink_error_t *err);
 int blink_catalog_execution_active(blink_catalog_t *catalog, const char *session, int64_t *count,
                                    blink_error_t *err);
 

@@ -301,6 +301,29 @@ static int read_attach_reply(blink_execution_t *x, uint64_t after, blink_error_t
     }
 }
 
+/* An execution whose VM no longer keeps it (stopped, restarted, or the
+ * shim let it go): an exited handle with no output, when the catalog has
+ * its exit. Its output went with the VM's memory. */
+static int ended_from_catalog(blink_execution_t *x, uint64_t after)
+{
+    blink_execution_row_t row;
+    if (blink_catalog_execution_get(x->session.catalog, x->session.name, (int64_t)x->id, &row,
+                                    NULL) < 0 ||
+        !row.finished || !row.has_status)
+        return -1;
+    x->exited = true;
+    x->exit_code = row.exit_code;
+    x->signal = row.signal;
+    x->timed_out = row.timed_out;
+    x->next_seq = after + 1;
+    return 0;
+}
+
+bool blink_execution_exited(const blink_execution_t *x)
+{
+    return x->exited;
+}
+
 int blink_session_attach(blink_t *blink, const char *name, uint64_t execution_id,
                          const blink_attach_options_t *options, blink_execution_t **execution,
                          blink_error_t *err)
@@ -321,25 +344,34 @@ int blink_session_attach(blink_t *blink, const char *name, uint64_t execution_id
     x->userdata = o->userdata;
     x->id = execution_id;
 
-    /* No lock and no boot: the execution lives in a running VM or nowhere. */
+    /* No lock and no boot: the execution lives in a running VM, or it
+     * ended and the catalog says how. */
     if (session_ctx_open(blink, name, &x->session, err) < 0 ||
         blink_catalog_session_get(x->session.catalog, name, &x->row, err) < 0)
         goto fail;
-    if (blink_shim_connect(x->session.socket, &x->conn, err) < 0) {
-        blink_fail(err, BLINK_E_NOT_FOUND, 0, "attach: session `%s` is not running", name);
-        goto fail;
+    blink_error_t live_err = {0};
+    if (blink_shim_connect(x->session.socket, &x->conn, &live_err) < 0) {
+        blink_fail(&live_err, BLINK_E_NOT_FOUND, 0, "attach: session `%s` is not running", name);
+    } else {
+        uint8_t request[16];
+        for (int i = 0; i < 8; i++) {
+            request[i] = (uint8_t)(execution_id >> (8 * i));
+            request[8 + i] = (uint8_t)(o->after_seq >> (8 * i));
+        }
+        if (blink_shim_send(&x->conn, BLIN_SHIM_ATTACH, EXEC_ID, request, sizeof(request),
+                            &live_err) == 0 &&
+            read_attach_reply(x, o->after_seq, &live_err) == 0) {
+            *execution = x;
+            return 0;
+        }
+        blink_shim_disconnect(&x->conn);
+        x->conn.fd = -1;
     }
-
-    uint8_t request[16];
-    for (int i = 0; i < 8; i++) {
-        request[i] = (uint8_t)(execution_id >> (8 * i));
-        request[8 + i] = (uint8_t)(o->after_seq >> (8 * i));
+    if (ended_from_catalog(x, o->after_seq) == 0) {
+        *execution = x;
+        return 0;
     }
-    if (blink_shim_send(&x->conn, BLIN_SHIM_ATTACH, EXEC_ID, request, sizeof(request), err) < 0 ||
-        read_attach_reply(x, o->after_seq, err) < 0)
-        goto fail;
-    *execution = x;
-    return 0;
+    *err = live_err;
 
 fail:
     blink_execution_free(x);

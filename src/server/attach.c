@@ -256,6 +256,8 @@ enum MHD_Result route_execution_attach(request_t *req, char **params)
         free(a);
         return http_fail(req, &err);
     }
+    /* Already ended (its VM let it go): the client gets the exit frame. */
+    a->exited = blink_execution_exited(a->x);
     req->upgrade = a;
     req->upgrade_free = attach_free;
     return ws_accept(req, attach_upgraded, a);

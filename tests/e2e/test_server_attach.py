@@ -164,6 +164,29 @@ def test_attach_after_exit_and_after_seq(server, warm):
     assert exit_later == exit_frame
 
 
+def test_attach_after_the_vm_stopped_gets_the_recorded_exit(server):
+    name = "attach-ended"
+    server.json("POST", "/api/sessions", {"name": name, "warm": True}, expect=201)
+    try:
+        spawned = spawn(server, name, {"command": "sh", "args": ["-c", "echo bye; exit 7"]})
+        ws, _ = attach(server, spawned["attach_url"])
+        _, exit_frame, _ = read_until_exit(ws)
+        assert exit_frame["exit_code"] == 7
+        server.json("POST", f"/api/sessions/{name}/stop")
+
+        # The VM and its kept output are gone; the catalog still knows the exit.
+        late, hello = attach(server, spawned["attach_url"], after=5)
+        frames, late_exit, code = read_until_exit(late)
+        assert frames == [] and late_exit == {"type": "exit", "exit_code": 7} and code == 1000
+        assert hello["next_seq"] == 6
+        bogus = spawned["attach_url"].replace(f"/{spawned['execution_id']}/", "/999999/")
+        assert server.request("GET", bogus, headers={
+            "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})[0] == 404
+    finally:
+        server.request("DELETE", f"/api/sessions/{name}?force=1")
+
+
 def test_bounded_history_says_what_was_dropped(server, warm):
     spawned = spawn(server, warm, {"command": "seq", "args": ["1", "200000"]})
     ws, _ = attach(server, spawned["attach_url"])
