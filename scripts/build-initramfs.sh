@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the guest initramfs: blink-guest as /init plus the kernel modules the
-# guest needs, listed in load order in /lib/modules/blink/order.
+# guest needs, listed in load order in /lib/modules/blink/order, and the
+# blink-vhub tool built next to blink-guest, which blink-guest puts on every
+# VM's PATH (docs/vhub.md).
 #
 # usage: build-initramfs.sh BLINK_GUEST MODULES_DIR OUTPUT
 #   MODULES_DIR is the unpacked kernel's lib/modules/<release> directory.
@@ -29,6 +31,9 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/lib/modules/blink" "$work/dev" "$work/proc" "$work/sys" "$work/newroot"
 install -m 0755 "$guest" "$work/init"
+tool=$(dirname "$guest")/blink-vhub
+[ -x "$tool" ] || { echo "build-initramfs: no blink-vhub next to $guest" >&2; exit 1; }
+install -m 0755 "$tool" "$work/blink-vhub"
 for m in "${order[@]}"; do
   install -m 0644 "$modules/kernel/$m" "$work/lib/modules/blink/"
   basename "$m" >> "$work/lib/modules/blink/order"

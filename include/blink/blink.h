@@ -95,6 +95,10 @@ typedef struct blink_run_options {
     unsigned boot_timeout_sec; /* 0: $BLINK_BOOT_TIMEOUT or 60 */
     blink_output_fn on_output; /* may be NULL */
     void *userdata;
+    /* The V-Hub socket guest programs reach (docs/vhub.md); NULL:
+     * $BLINK_VHUB_SOCKET, else none (their RPCs get RpcError "no hub").
+     * Session runs use the session's hub instead. */
+    const char *vhub_socket;
 } blink_run_options_t;
 
 typedef struct blink_result blink_result_t;
@@ -143,6 +147,10 @@ typedef struct blink_session_options {
     unsigned memory_mib;    /* 0: 512 */
     unsigned cpus;          /* 0: 1 */
     unsigned disk_size_gib; /* 0: the image's size; larger grows the guest's root */
+    /* The session's V-Hub socket, kept with the session and used from its
+     * VM's next start; NULL: $BLINK_VHUB_SOCKET when the session is created,
+     * and no change when it exists. */
+    const char *vhub_socket;
 } blink_session_options_t;
 
 typedef struct blink_session_info {

@@ -24,6 +24,8 @@ static const char run_help[] =
     "  --output-cap BYTES  bytes of each stream kept in the result (default 16 MiB)\n"
     "  --boot-timeout SEC  give up if the guest is not up in time (default 60)\n"
     "  --stream            also copy the agent's output live to stderr\n"
+    "  --vhub SOCKET       the V-Hub guest programs reach (default: $BLINK_VHUB_SOCKET;\n"
+    "                      without one their RPCs get RpcError \"no hub\")\n"
     "\n"
     "Exit status: the agent's exit code; 128+N if a signal N killed it; 124 on\n"
     "timeout; 125 when Blink itself failed (an error event is printed).\n";
@@ -33,7 +35,7 @@ static const char session_run_help[] =
     "\n"
     "Runs the agent in the session's VM (booting it when the session is not warm)\n"
     "and prints one execution_result JSON line. Options as for `run`, except\n"
-    "--image, --memory and --cpus, which belong to `session open`.\n";
+    "--image, --memory, --cpus and --vhub, which belong to `session open`.\n";
 
 /* Parses a decimal number in [min, max]; false on anything else. */
 bool cli_parse_number(const char *text, unsigned long long min, unsigned long long max,
@@ -82,6 +84,7 @@ int cli_parse_run(int argc, char **argv, const char *command, cli_run_args_t *a,
         OPT_OUTPUT_CAP,
         OPT_BOOT_TIMEOUT,
         OPT_NAME,
+        OPT_VHUB,
         OPT_HELP
     };
     static const struct option long_options[] = {
@@ -94,6 +97,7 @@ int cli_parse_run(int argc, char **argv, const char *command, cli_run_args_t *a,
         {"output-cap", required_argument, NULL, OPT_OUTPUT_CAP},
         {"boot-timeout", required_argument, NULL, OPT_BOOT_TIMEOUT},
         {"name", required_argument, NULL, OPT_NAME},
+        {"vhub", required_argument, NULL, OPT_VHUB},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -162,6 +166,13 @@ int cli_parse_run(int argc, char **argv, const char *command, cli_run_args_t *a,
             break;
         case OPT_NAME:
             a->session = optarg;
+            break;
+        case OPT_VHUB:
+            if (session) {
+                *status = cli_usage_error(command, "--vhub belongs to `session open`");
+                return 1;
+            }
+            options.vhub_socket = optarg;
             break;
         case OPT_HELP:
             fputs(session ? session_run_help : run_help, stdout);

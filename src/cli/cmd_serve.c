@@ -41,6 +41,7 @@ typedef struct peer {
     char *out; /* frames not yet written */
     size_t out_len, out_cap;
     char label[128]; /* session or run named in the handshake */
+    const char *label_key; /* "session" or "run" */
     bool closing;    /* close once `out` is written */
 } peer_t;
 
@@ -77,7 +78,7 @@ static void emit(const char *event, const peer_t *p, uint64_t request_id, json_t
     json_object_set_new(line, "connection", json_integer(p->id));
     json_object_set_new(line, "request_id", json_integer((json_int_t)request_id));
     if (p->label[0])
-        json_object_set_new(line, "session", json_string(p->label));
+        json_object_set_new(line, p->label_key, json_string(p->label));
     cli_print_event(line);
 }
 
@@ -216,14 +217,17 @@ static void on_frame(peer_t *p, const blin_header_t *h, const uint8_t *payload, 
     case BLIN_HANDSHAKE: {
         json_t *hello = json_loadb((const char *)payload, h->length, 0, NULL);
         const char *who = json_string_value(json_object_get(hello, "session"));
-        if (who == NULL)
+        p->label_key = "session";
+        if (who == NULL) {
             who = json_string_value(json_object_get(hello, "run"));
+            p->label_key = "run";
+        }
         if (who)
             snprintf(p->label, sizeof(p->label), "%s", who);
         json_decref(hello);
         json_t *reply = json_pack("{s:s}", "status", "blink-vhub-ready");
         if (p->label[0])
-            json_object_set_new(reply, "session", json_string(p->label));
+            json_object_set_new(reply, p->label_key, json_string(p->label));
         queue_json(p, BLIN_HANDSHAKE, h->request_id, reply);
         emit("handshake", p, h->request_id, NULL);
         break;

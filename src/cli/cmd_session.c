@@ -29,7 +29,7 @@ typedef struct session_args {
 
 /* Which options a subcommand takes, beyond --name. */
 enum {
-    TAKES_OPEN = 1,     /* --image --warm --memory MIB --cpus --disk-size */
+    TAKES_OPEN = 1,     /* --image --warm --memory MIB --cpus --disk-size --vhub */
     TAKES_FORCE = 2,    /* --force */
     TAKES_SNAPSHOT = 4, /* --snapshot S */
     TAKES_KIND = 8,     /* --memory (flag) --disk-only --delete */
@@ -49,7 +49,8 @@ static int parse_session_args(int argc, char **argv, const char *command, int ta
         OPT_MEMORY_FLAG,
         OPT_DISK_ONLY,
         OPT_DELETE,
-        OPT_DISK_SIZE
+        OPT_DISK_SIZE,
+        OPT_VHUB
     };
     static const struct option open_options[] = {
         {"name", required_argument, NULL, OPT_NAME},
@@ -58,6 +59,7 @@ static int parse_session_args(int argc, char **argv, const char *command, int ta
         {"memory", required_argument, NULL, OPT_MEMORY},
         {"cpus", required_argument, NULL, OPT_CPUS},
         {"disk-size", required_argument, NULL, OPT_DISK_SIZE},
+        {"vhub", required_argument, NULL, OPT_VHUB},
         {"force", no_argument, NULL, OPT_FORCE},
         {NULL, 0, NULL, 0},
     };
@@ -82,7 +84,7 @@ static int parse_session_args(int argc, char **argv, const char *command, int ta
     optind = 1;
     while ((opt = getopt_long(argc, argv, "", all, NULL)) != -1) {
         bool is_open = opt == OPT_IMAGE || opt == OPT_WARM || opt == OPT_MEMORY ||
-                       opt == OPT_CPUS || opt == OPT_DISK_SIZE;
+                       opt == OPT_CPUS || opt == OPT_DISK_SIZE || opt == OPT_VHUB;
         bool is_snapshot = opt == OPT_SNAPSHOT;
         bool is_kind = opt == OPT_MEMORY_FLAG || opt == OPT_DISK_ONLY || opt == OPT_DELETE;
         if ((is_open && !open_options_ok) || (opt == OPT_FORCE && !force_option) ||
@@ -122,6 +124,9 @@ static int parse_session_args(int argc, char **argv, const char *command, int ta
                 return 1;
             }
             a->open.disk_size_gib = (unsigned)n;
+            break;
+        case OPT_VHUB:
+            a->open.vhub_socket = optarg;
             break;
         case OPT_FORCE:
             a->force = true;
@@ -494,7 +499,8 @@ static const struct {
     const char *usage;
 } subcommands[] = {
     {"open", session_open,
-     "open --name N [--image I] [--warm] [--memory MIB] [--cpus N] [--disk-size GIB]"},
+     "open --name N [--image I] [--warm] [--memory MIB] [--cpus N] [--disk-size GIB] "
+     "[--vhub SOCKET]"},
     {"run", session_run, "run --name N PATH [options] [-- ARGS...]"},
     {"spawn", cmd_spawn,
      "spawn --name N [--tty] [--rows R --cols C] [--env K=V]... "

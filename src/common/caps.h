@@ -60,6 +60,26 @@
  * disconnected; its executions go on and keep their buffers. */
 #define SHIM_CLIENT_QUEUE_CAP (8u << 20)
 
+/* ---- the V-Hub carrier (docs/vhub.md) ---- */
+
+/* Guest connections one VM carries to the hub at once; each may hold up to
+ * two windows of buffers on the host, so the worst case per VM is
+ * 64 x 256 KiB = 16 MiB, reached only if every hub connection stalls. */
+#define VHUB_MAX_CONNECTIONS 64
+/* Bytes one side may send on a connection before the other acknowledges
+ * them: the whole per-connection buffer on the receiving side. */
+#define VHUB_WINDOW (128u << 10)
+/* Largest Data frame on the carrier; also the port decoder's payload cap. */
+#define VHUB_DATA_MAX (64u << 10)
+/* A receiver acknowledges consumed bytes in batches of this size. */
+#define VHUB_ACK_BATCH (32u << 10)
+/* Frames queued towards the other side of the carrier port; input is read
+ * only while the queue is under half of this. */
+#define VHUB_PORT_QUEUE (1u << 20)
+/* Answers the host makes itself (no hub, errors) that a guest connection
+ * leaves unread before it is closed as a flood. */
+#define VHUB_LOCAL_QUEUE (64u << 10)
+
 /* ---- blink-server (HTTP) ---- */
 
 /* A request body: the largest legitimate one is an inline agent in base64,

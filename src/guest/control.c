@@ -326,7 +326,7 @@ static void drain_signal_fd(int fd)
 _Noreturn void control_serve(int port_fd, bool agents_cgroup)
 {
     enum { CONTROL, CHILDREN, MEMORY, FIRST_EXEC };
-    static struct pollfd fds[FIRST_EXEC + 3 * GUEST_MAX_EXECUTIONS];
+    static struct pollfd fds[FIRST_EXEC + 3 * GUEST_MAX_EXECUTIONS + VHUB_POLLFDS];
     blin_decoder_t decoder;
 
     control_fd = port_fd;
@@ -341,8 +341,10 @@ _Noreturn void control_serve(int port_fd, bool agents_cgroup)
         fds[CHILDREN] = (struct pollfd){.fd = signal_fd, .events = POLLIN};
         fds[MEMORY] = (struct pollfd){.fd = memory_fd, .events = POLLPRI};
         size_t exec_count = exec_poll_prepare(fds + FIRST_EXEC, 3 * GUEST_MAX_EXECUTIONS);
+        struct pollfd *vhub_fds = fds + FIRST_EXEC + exec_count;
+        size_t vhub_count = vhub_poll_prepare(vhub_fds, VHUB_POLLFDS);
 
-        if (poll(fds, FIRST_EXEC + exec_count, -1) < 0) {
+        if (poll(fds, FIRST_EXEC + exec_count + vhub_count, vhub_poll_timeout()) < 0) {
             if (errno == EINTR)
                 continue;
             log_error_errno(errno, "poll; powering off");
@@ -358,6 +360,7 @@ _Noreturn void control_serve(int port_fd, bool agents_cgroup)
             memory_fd = -1;
         }
         exec_poll_handle(fds + FIRST_EXEC, exec_count);
+        vhub_poll_handle(vhub_fds, vhub_count);
         if (fds[CHILDREN].revents) {
             drain_signal_fd(signal_fd);
             exec_reap_children();

@@ -54,6 +54,9 @@ void read_boot_options(boot_options_t *options);
 void load_modules(void);
 /* Waits for /dev/vda and the control port; fills `port_path`. */
 int wait_for_devices(char *port_path, size_t size);
+/* Finds the virtio-serial port called `name` and writes its device node's
+ * path; -ENOENT until the port has been probed. */
+int find_virtio_port(const char *name, char *port_path, size_t size);
 int switch_to_root_disk(bool read_only);
 int mount_runtime_filesystems(void);
 void configure_system(void);
@@ -144,6 +147,22 @@ size_t exec_poll_prepare(struct pollfd *fds, size_t max);
 void exec_poll_handle(const struct pollfd *fds, size_t count);
 /* Reaps every exited child and reports the executions that ended. */
 void exec_reap_children(void);
+
+/* ---- vhub.c: the guest-local V-Hub endpoint (docs/vhub.md) ---- */
+
+/* Before the switch to the root disk: keeps hold of the blink-vhub tool in
+ * the initramfs, which vhub_init then copies onto /run. */
+void vhub_keep_tool(void);
+/* After /run is mounted: installs the tool, opens the org.blink.vhub port
+ * and listens on /run/blink/vhub.sock. Failures are logged; programs then
+ * have no hub, and nothing else changes. */
+void vhub_init(void);
+#define VHUB_POLLFDS (2 + VHUB_MAX_CONNECTIONS)
+/* Fills at most VHUB_POLLFDS entries; returns how many. */
+size_t vhub_poll_prepare(struct pollfd *fds, size_t max);
+void vhub_poll_handle(const struct pollfd *fds, size_t count);
+/* The event loop's poll timeout in ms (-1: none); see vhub.c. */
+int vhub_poll_timeout(void);
 
 /* ---- files.c: file transfers ---- */
 

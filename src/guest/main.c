@@ -62,9 +62,11 @@ int main(void)
     /* 3-5. Drivers, devices, the root disk and what agents expect of it. */
     load_modules();
     fail_if(wait_for_devices(port_path, sizeof(port_path)));
+    vhub_keep_tool();
     fail_if(switch_to_root_disk(options.root_ro));
     fail_if(mount_runtime_filesystems());
     configure_system();
+    vhub_init();
     if (!options.root_ro)
         grow_root_filesystem();
 

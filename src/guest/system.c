@@ -186,9 +186,7 @@ void load_modules(void)
     unlink(MODULES_DIR "/order");
 }
 
-/* Finds the virtio-serial port whose name is org.blink.ctl and writes its
- * device node's path. -ENOENT until the port has been probed. */
-static int find_control_port(char *port_path, size_t size)
+int find_virtio_port(const char *wanted, char *port_path, size_t size)
 {
     DIR *dir = opendir(VIRTIO_PORTS_DIR);
     int rc = -ENOENT;
@@ -206,7 +204,7 @@ static int find_control_port(char *port_path, size_t size)
         if (read_small_file(name_path, name, sizeof(name)) < 0)
             continue;
         name[strcspn(name, "\n")] = '\0';
-        if (strcmp(name, CONTROL_PORT_NAME) == 0) {
+        if (strcmp(name, wanted) == 0) {
             format_text_args(port_path, size, "/dev/%s", entry->d_name);
             rc = 0;
             break;
@@ -227,7 +225,8 @@ int wait_for_devices(char *port_path, size_t size)
             have_disk = access(ROOT_DEVICE, F_OK) == 0;
         /* The sysfs entry comes first; devtmpfs creates the node after it. */
         if (!have_port)
-            have_port = find_control_port(port_path, size) == 0 && access(port_path, F_OK) == 0;
+            have_port = find_virtio_port(CONTROL_PORT_NAME, port_path, size) == 0 &&
+                        access(port_path, F_OK) == 0;
         if (have_disk && have_port)
             return 0;
 

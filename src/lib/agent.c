@@ -96,7 +96,9 @@ int blink_agent_exec_payload(blin_writer_t *w, const char *guest_path, const bli
                              blink_error_t *err)
 {
     static const char *const base_env[] = {
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        /* /run/blink: blink-guest's V-Hub tool and socket (docs/vhub.md). */
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/run/blink/bin",
+        "BLINK_VHUB_SOCKET=/run/blink/vhub.sock",
         "HOME=/root",
         "LANG=C.UTF-8",
         "BLINK=1",

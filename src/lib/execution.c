@@ -45,7 +45,9 @@ static int check_spawn_options(const blink_spawn_options_t *o, blink_error_t *er
 static int send_spawn(blink_execution_t *x, const blink_spawn_options_t *o, blink_error_t *err)
 {
     static const char *const base_env[] = {
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        /* /run/blink: blink-guest's V-Hub tool and socket (docs/vhub.md). */
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/run/blink/bin",
+        "BLINK_VHUB_SOCKET=/run/blink/vhub.sock",
         "HOME=/root",
         "LANG=C.UTF-8",
         "BLINK=1",

@@ -379,12 +379,17 @@ int blink_run(blink_t *blink, const char *agent_path, const blink_run_options_t 
     cleanup_free char *initrd = NULL;
     cleanup_free char *base = NULL;
     cleanup_free char *overlay = NULL;
+    cleanup_free char *hub = NULL;
     int rc = -1;
 
     *result = NULL;
     if (agent_path == NULL)
         return blink_fail(err, BLINK_E_INVALID, 0, "run: no agent path");
     if (blink_agent_check_options(o, err) < 0)
+        return -1;
+    bool has_vhub = o->struct_size >= offsetof(blink_run_options_t, vhub_socket) +
+                                          sizeof(o->vhub_socket);
+    if (blink_vhub_resolve(has_vhub ? o->vhub_socket : NULL, &hub, err) < 0)
         return -1;
     run.agent_fd = blink_agent_open(agent_path, &run.agent_size, err);
     if (run.agent_fd < 0)
@@ -405,6 +410,10 @@ int blink_run(blink_t *blink, const char *agent_path, const blink_run_options_t 
     if ((overlay = create_overlay(blink, base, err)) == NULL)
         goto out;
 
+    /* The hub knows the run by its overlay's name, unique in this home. */
+    char run_name[64];
+    const char *base_name = strrchr(overlay, '/') + 1;
+    snprintf(run_name, sizeof(run_name), "%.*s", (int)strcspn(base_name, "."), base_name);
     blink_vm_config_t config = {
         .qemu_path = qemu,
         .accel = accel,
@@ -415,6 +424,9 @@ int blink_run(blink_t *blink, const char *agent_path, const blink_run_options_t 
         .disk_path = overlay,
         .control_port = true,
         .tmp_dir = blink->tmp_dir,
+        .vhub_socket = hub,
+        .vhub_kind = "run",
+        .vhub_name = run_name,
     };
     if (blink_vm_start(&config, &run.vm, err) < 0) {
         blink_wrap(err, "run agent `%s`", agent_path);

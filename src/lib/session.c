@@ -16,6 +16,7 @@
 #include "result.h"
 #include "session.h"
 #include "shim_client.h"
+#include "vhub_carrier.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -406,6 +407,16 @@ static int create_disk(session_ctx_t *s, const char *base, unsigned size_gib, bl
     return 0;
 }
 
+/* Keeps the session's hub (docs/vhub.md): the option, else the
+ * environment's; nothing when neither names one. */
+static int save_vhub(session_ctx_t *s, const char *option, blink_error_t *err)
+{
+    cleanup_free char *hub = NULL;
+    if (blink_vhub_resolve(option, &hub, err) < 0)
+        return -1;
+    return hub ? blink_vhub_save(s->dir, hub, err) : 0;
+}
+
 int blink_session_open(blink_t *blink, const char *name, const blink_session_options_t *options,
                        bool *created, blink_error_t *err)
 {
@@ -430,8 +441,12 @@ int blink_session_open(blink_t *blink, const char *name, const blink_session_opt
     if (session_ctx_open(blink, name, &s, err) < 0 || session_ctx_lock(&s, err) < 0)
         goto out;
 
+    bool has_vhub = o->struct_size >= offsetof(blink_session_options_t, vhub_socket) +
+                                          sizeof(o->vhub_socket);
+    const char *vhub_option = has_vhub ? o->vhub_socket : NULL;
     if (blink_catalog_session_get(s.catalog, name, &row, NULL) == 0) {
-        rc = 0; /* exists: changes nothing */
+        /* exists: changes nothing but a hub given now, for its next start */
+        rc = vhub_option ? save_vhub(&s, vhub_option, err) : 0;
         goto out;
     }
 
@@ -441,7 +456,8 @@ int blink_session_open(blink_t *blink, const char *name, const blink_session_opt
 
     /* Debris of an interrupted open or remove has no row: clear it. */
     blink_remove_tree(s.dir);
-    if (blink_mkdir_p(s.dir, 0700, err) < 0 || create_disk(&s, base, disk_size_gib, err) < 0)
+    if (blink_mkdir_p(s.dir, 0700, err) < 0 || create_disk(&s, base, disk_size_gib, err) < 0 ||
+        save_vhub(&s, vhub_option, err) < 0)
         goto fail_files;
 
     memset(&row, 0, sizeof(row));

@@ -18,7 +18,7 @@
 extern char **environ;
 
 /* File descriptor numbers QEMU sees for the sockets we pass it. */
-enum { QEMU_FD_QMP = 3, QEMU_FD_CONTROL = 4, QEMU_FD_FIRST_FREE = 5 };
+enum { QEMU_FD_QMP = 3, QEMU_FD_CONTROL = 4, QEMU_FD_VHUB = 5, QEMU_FD_FIRST_FREE = 6 };
 
 /* The kernel arguments every guest gets. `quiet` matters: under TCG every
  * byte on the emulated UART costs time. panic=-1 with -no-reboot turns a
@@ -97,7 +97,7 @@ static char *escape_option_value(const char *value)
     return out;
 }
 
-static void build_qemu_argv(const blink_vm_config_t *c, argv_builder_t *a)
+static void build_qemu_argv(const blink_vm_config_t *c, unsigned vsock_cid, argv_builder_t *a)
 {
     bool kvm = strcmp(c->accel, "kvm") == 0;
 
@@ -141,6 +141,15 @@ static void build_qemu_argv(const blink_vm_config_t *c, argv_builder_t *a)
         argv_add(a, "socket,id=control,fd=%d", QEMU_FD_CONTROL);
         argv_add(a, "-device");
         argv_add(a, "virtserialport,bus=vser.0,chardev=control,name=org.blink.ctl");
+        /* The V-Hub carrier: guest programs' hub connections (docs/vhub.md). */
+        argv_add(a, "-chardev");
+        argv_add(a, "socket,id=vhub,fd=%d", QEMU_FD_VHUB);
+        argv_add(a, "-device");
+        argv_add(a, "virtserialport,bus=vser.0,chardev=vhub,name=org.blink.vhub");
+    }
+    if (vsock_cid) {
+        argv_add(a, "-device");
+        argv_add(a, "vhost-vsock-device,guest-cid=%u", vsock_cid);
     }
     if (c->disk_path) {
         char *disk = escape_option_value(c->disk_path);
@@ -185,7 +194,7 @@ static char **build_env(const char *tmp_dir)
 
 /* Runs in the forked child: only async-signal-safe calls until execve. */
 static void exec_qemu(char **argv, char **env, int console_w, int qmp_fd, int control_fd,
-                      pid_t parent)
+                      int vhub_fd, pid_t parent)
 {
     int devnull = open("/dev/null", O_RDONLY);
 
@@ -198,11 +207,12 @@ static void exec_qemu(char **argv, char **env, int console_w, int qmp_fd, int co
      * below never overwrite one another. */
     int q = fcntl(qmp_fd, F_DUPFD, 16);
     int c = control_fd >= 0 ? fcntl(control_fd, F_DUPFD, 16) : -1;
+    int h = vhub_fd >= 0 ? fcntl(vhub_fd, F_DUPFD, 16) : -1;
     int w = fcntl(console_w, F_DUPFD, 16);
     if (devnull < 0 || q < 0 || w < 0 || dup2(devnull, 0) < 0 || dup2(w, 1) < 0 || dup2(w, 2) < 0 ||
         dup2(q, QEMU_FD_QMP) < 0)
         _exit(127);
-    if (c >= 0 && dup2(c, QEMU_FD_CONTROL) < 0)
+    if ((c >= 0 && dup2(c, QEMU_FD_CONTROL) < 0) || (h >= 0 && dup2(h, QEMU_FD_VHUB) < 0))
         _exit(127);
     syscall(SYS_close_range, QEMU_FD_FIRST_FREE, ~0u, 0);
 
@@ -215,10 +225,10 @@ static void exec_qemu(char **argv, char **env, int console_w, int qmp_fd, int co
 }
 
 static int spawn_qemu(const blink_vm_config_t *config, blink_vm_t *vm, int qmp_peer,
-                      int control_peer, blink_error_t *err)
+                      int control_peer, int vhub_peer, unsigned vsock_cid, blink_error_t *err)
 {
     argv_builder_t argv = {0};
-    build_qemu_argv(config, &argv);
+    build_qemu_argv(config, vsock_cid, &argv);
     char **env = build_env(config->tmp_dir);
     int console[2] = {-1, -1};
 
@@ -242,7 +252,7 @@ static int spawn_qemu(const blink_vm_config_t *config, blink_vm_t *vm, int qmp_p
         goto out;
     }
     if (pid == 0)
-        exec_qemu(argv.items, env, console[1], qmp_peer, control_peer, parent);
+        exec_qemu(argv.items, env, console[1], qmp_peer, control_peer, vhub_peer, parent);
 
     vm->pid = pid;
     vm->console_fd = console[0];
@@ -314,6 +324,8 @@ int blink_vm_start(const blink_vm_config_t *config, blink_vm_t **out, blink_erro
     blink_vm_t *vm = calloc(1, sizeof(*vm));
     int qmp_pair[2] = {-1, -1};
     int control_pair[2] = {-1, -1};
+    int vhub_peer = -1;
+    unsigned vsock_cid = 0;
 
     if (vm == NULL)
         return blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "allocate vm");
@@ -328,9 +340,20 @@ int blink_vm_start(const blink_vm_config_t *config, blink_vm_t **out, blink_erro
         blink_fail(err, BLINK_E_IO, errno, "create vm sockets");
         goto fail;
     }
+    if (config->control_port) {
+        blink_vhub_config_t hub = {.hub_path = config->vhub_socket,
+                                   .kind = config->vhub_kind,
+                                   .name = config->vhub_name,
+                                   .vsock = true};
+        if (blink_vhub_new(&hub, &vm->vhub, &vhub_peer, &vsock_cid, err) < 0)
+            goto fail;
+    }
 
-    if (spawn_qemu(config, vm, qmp_pair[1], control_pair[1], err) < 0)
+    if (spawn_qemu(config, vm, qmp_pair[1], control_pair[1], vhub_peer, vsock_cid, err) < 0)
         goto fail;
+    if (vhub_peer >= 0)
+        close(vhub_peer);
+    vhub_peer = -1;
     close(qmp_pair[1]);
     qmp_pair[1] = -1;
     if (control_pair[1] >= 0)
@@ -366,6 +389,8 @@ fail:
         if (control_pair[i] >= 0)
             close(control_pair[i]);
     }
+    if (vhub_peer >= 0)
+        close(vhub_peer);
     blink_vm_free(vm);
     return -1;
 }
@@ -475,12 +500,18 @@ int blink_vm_fill_pollfds(blink_vm_t *vm, struct pollfd *pfds)
         pfds[n++] = (struct pollfd){.fd = vm->console_fd, .events = POLLIN};
     if (vm->pidfd >= 0 && !vm->exited)
         pfds[n++] = (struct pollfd){.fd = vm->pidfd, .events = POLLIN};
+    vm->own_pollfds = n;
+    if (vm->vhub && !vm->exited)
+        n += blink_vhub_fill_pollfds(vm->vhub, pfds + n);
     return n;
 }
 
 int blink_vm_dispatch(blink_vm_t *vm, const struct pollfd *pfds, int count, blink_error_t *err)
 {
-    for (int i = 0; i < count; i++) {
+    int own = count < vm->own_pollfds ? count : vm->own_pollfds;
+    if (vm->vhub && count > own)
+        blink_vhub_dispatch(vm->vhub, pfds + own, count - own);
+    for (int i = 0; i < own; i++) {
         short revents = pfds[i].revents;
         int fd = pfds[i].fd;
         if (revents == 0)
@@ -622,6 +653,7 @@ void blink_vm_free(blink_vm_t *vm)
         close(vm->control_fd);
     if (vm->console_fd >= 0)
         close(vm->console_fd);
+    blink_vhub_free(vm->vhub);
     blin_decoder_free(&vm->decoder);
     blink_buf_free(&vm->send_queue);
     free(vm);

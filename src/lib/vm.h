@@ -9,6 +9,7 @@
 
 #include "blin.h"
 #include "caps.h"
+#include "vhub_carrier.h"
 
 typedef struct blink_vm_config {
     const char *qemu_path;
@@ -23,6 +24,12 @@ typedef struct blink_vm_config {
     bool control_port;         /* attach the org.blink.ctl virtio-serial port */
     const char *tmp_dir;       /* QEMU's TMPDIR */
     const char *loadvm;        /* start from this internal snapshot (-loadvm); may be NULL */
+    /* With the control port comes the V-Hub port (docs/vhub.md): guest
+     * programs' connections go to the hub at `vhub_socket` (NULL: answered
+     * "no hub"), which is told they come from `vhub_kind` `vhub_name`. */
+    const char *vhub_socket;
+    const char *vhub_kind;     /* "session" or "run" */
+    const char *vhub_name;
 } blink_vm_config_t;
 
 struct blink_vm;
@@ -53,6 +60,9 @@ typedef struct blink_vm {
 
     blink_frame_fn on_frame;
     void *userdata;
+
+    blink_vhub_t *vhub;  /* the V-Hub port's host end; NULL without a control port */
+    int own_pollfds;     /* entries of the last fill that are not the vhub's */
 } blink_vm_t;
 
 /* Starts QEMU and negotiates QMP. On failure nothing is left running. */
@@ -71,7 +81,7 @@ int blink_vm_pump(blink_vm_t *vm, int timeout_ms, blink_error_t *err);
 /* For callers with their own poll loop (the shim): fills at most
  * BLINK_VM_POLLFDS entries and returns how many; after poll, hand the same
  * entries to blink_vm_dispatch. */
-#define BLINK_VM_POLLFDS 4
+#define BLINK_VM_POLLFDS (4 + BLINK_VHUB_POLLFDS)
 struct pollfd;
 int blink_vm_fill_pollfds(blink_vm_t *vm, struct pollfd *pfds);
 int blink_vm_dispatch(blink_vm_t *vm, const struct pollfd *pfds, int count, blink_error_t *err);

@@ -77,6 +77,8 @@ static const struct {
     {BLIN_CTL_FREEZE, "freeze"},       {BLIN_SHIM_CHECKPOINT, "checkpoint"},
     {BLIN_SHIM_RESTORE, "restore"},    {BLIN_SHIM_DELETE, "delete"},
     {BLIN_SHIM_EXPORT, "export"},      {BLIN_SHIM_ATTACH, "attach"},
+    {BLIN_VHUB_OPEN, "vhub_open"},     {BLIN_VHUB_DATA, "vhub_data"},
+    {BLIN_VHUB_CLOSE, "vhub_close"},   {BLIN_VHUB_ACK, "vhub_ack"},
     {BLIN_SHIM_LAYER, "layer"},
 };
 

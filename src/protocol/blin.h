@@ -63,6 +63,16 @@ enum {
                                       moves onto it (fork, docs/fork.md); empty reply */
 };
 
+/* The V-Hub carrier on the second virtio-serial port (org.blink.vhub): each
+ * guest connection to the hub travels under its own request id, with credit
+ * flow control (docs/vhub.md "The carrier"). */
+enum {
+    BLIN_VHUB_OPEN = 0x58,  /* guest -> host: a guest program connected; empty */
+    BLIN_VHUB_DATA = 0x59,  /* both: bytes of the connection, 1..VHUB_DATA_MAX */
+    BLIN_VHUB_CLOSE = 0x5a, /* both: no more data from the sender; empty */
+    BLIN_VHUB_ACK = 0x5b,   /* both: u32 bytes the sender consumed (credit) */
+};
+
 /* Flags of an Exit frame (third u32 of its payload). */
 #define BLIN_EXIT_OOM 0x1u
 #define BLIN_EXIT_TIMED_OUT 0x2u /* set by the shim when it ended the process */

@@ -45,9 +45,10 @@ static bool parse_uint(const char *text, unsigned min, unsigned max, unsigned *o
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: blink-server [--port N] [--bind ADDR] [--workers N]\n"
+    fprintf(out, "usage: blink-server [--port N] [--bind ADDR] [--workers N] [--vhub SOCKET]\n"
                  "  env: BLINK_BIND (default " DEFAULT_BIND "), BLINK_PORT (default 8787),\n"
-                 "       BLINK_WORKERS (default 2), BLINK_HOME, BLINK_LOG (default info)\n");
+                 "       BLINK_WORKERS (default 2), BLINK_HOME, BLINK_LOG (default info),\n"
+                 "       BLINK_VHUB_SOCKET (the V-Hub of runs and new sessions)\n");
 }
 
 /* Returns 0 to go on, else the exit status. */
@@ -56,6 +57,7 @@ static int parse_args(int argc, char **argv, config_t *c)
     static const struct option options[] = {
         {"port", required_argument, NULL, 'p'}, {"bind", required_argument, NULL, 'b'},
         {"workers", required_argument, NULL, 'w'}, {"help", no_argument, NULL, 'h'},
+        {"vhub", required_argument, NULL, 'v'},
         {NULL, 0, NULL, 0},
     };
     const char *port = getenv("BLINK_PORT");
@@ -71,6 +73,9 @@ static int parse_args(int argc, char **argv, config_t *c)
         case 'p': port = optarg; break;
         case 'b': c->bind = optarg; break;
         case 'w': workers = optarg; break;
+        /* libblink reads it for every run and new session; set before any
+         * thread starts. */
+        case 'v': setenv("BLINK_VHUB_SOCKET", optarg, 1); break;
         case 'h': usage(stdout); return -1;
         default:
             fprintf(stderr, "blink-server: unknown option `%s`\n", argv[optind - 1]);

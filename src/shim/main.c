@@ -151,6 +151,10 @@ static int boot(shim_t *shim, const shim_args_t *a, blink_t *blink, blink_error_
     cleanup_free char *kernel = NULL;
     cleanup_free char *initrd = NULL;
     cleanup_free char *disk = blink_strdup_printf("%s/sessions/%s/disk.qcow2", a->home, a->name);
+    cleanup_free char *dir = blink_strdup_printf("%s/sessions/%s", a->home, a->name);
+    /* The hub recorded when the session was opened, never the environment
+     * of whichever command happened to start this VM. */
+    cleanup_free char *hub = dir ? blink_vhub_load(dir) : NULL;
     const char *accel = NULL;
     if (qemu == NULL || blink_kernel_paths(blink, &kernel, &initrd, err) < 0 ||
         (accel = blink_accel(blink, err)) == NULL)
@@ -167,6 +171,9 @@ static int boot(shim_t *shim, const shim_args_t *a, blink_t *blink, blink_error_
         .control_port = true,
         .tmp_dir = blink->tmp_dir,
         .loadvm = a->loadvm,
+        .vhub_socket = hub,
+        .vhub_kind = "session",
+        .vhub_name = a->name,
     };
     if (blink_vm_start(&config, &shim->vm, err) < 0)
         return -1;

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import CLI
+from conftest import AGENTS, CLI, REPO, live_pids, run_cli
 
 MAGIC = 0x424C494E
 HANDSHAKE, HEARTBEAT, ERROR = 0x01, 0x02, 0x03
@@ -181,3 +181,146 @@ def test_stop_removes_the_socket(tmp_path):
     hub.stop()
     assert not os.path.exists(hub.path)
     assert hub.events[-1]["event"] == "vhub_stopped"
+
+
+# ---- guest programs through a VM's V-Hub carrier (real VMs) ----
+
+HANDLER = ("import json, sys\n"
+           "req = json.load(sys.stdin)\n"
+           "json.dump({'result': {'echo': req['params'], 'method': req['method']}}, sys.stdout)\n")
+
+
+@pytest.fixture(scope="module")
+def guest_checks(tmp_path_factory):
+    """One VM runs agents/vhub_checks.py against `serve` with a handler; the
+    tests below read its report and the hub's events."""
+    tmp = tmp_path_factory.mktemp("vhub-guest")
+    (tmp / "handler.py").write_text(HANDLER)
+    hub = Hub(tmp, "--handler", f"/usr/bin/python3 {tmp / 'handler.py'}")
+    try:
+        result = run_cli("run", "--vhub", hub.path, AGENTS / "vhub_checks.py", timeout=900)
+    finally:
+        hub.stop()
+    assert result.returncode == 0, result
+    return result.event, hub.events
+
+
+def test_guest_rpc_round_trip_through_handler(guest_checks):
+    report, events = guest_checks
+    rpc = report["tool_rpc"]
+    assert rpc["rc"] == 0, rpc
+    assert json.loads(rpc["out"]) == {"result": {"echo": {"q": "x"}, "method": "search"}}
+    calls = [e for e in events if e["event"] == "rpc" and e.get("method") == "search"]
+    assert len(calls) == 1 and calls[0]["run"].startswith("run-")
+
+
+def test_guest_fifty_connections_at_once(guest_checks):
+    report, events = guest_checks
+    assert report["concurrent"]["pongs"] == 50
+    # Every handshake names the run as the host knows it, never the guest.
+    (hello,) = report["concurrent"]["handshakes"]
+    hello = json.loads(hello)
+    assert hello["status"] == "blink-vhub-ready" and hello["run"].startswith("run-")
+    pings = [e for e in events if e["event"] == "rpc" and e.get("method") == "ping"]
+    assert len({e["connection"] for e in pings}) >= 50
+
+
+def test_guest_stdout_relay_seen_on_the_hub(guest_checks):
+    report, events = guest_checks
+    assert report["tool_log"]["rc"] == 0, report["tool_log"]
+    lines = [e for e in events if e["event"] == "stdout"
+             and e["data"] == "hello from the guest\n"]
+    assert len(lines) == 1 and lines[0]["run"].startswith("run-")
+
+
+def test_guest_hostile_frames(guest_checks):
+    report, events = guest_checks
+    hostile = report["hostile"]
+    expected = {
+        "bad_magic": "bad magic",
+        "bad_version": "unsupported version",
+        "unknown_type": "unknown message type",
+        "huge_length": "payload longer than the maximum",
+        "control_type": "message type not accepted by the hub",
+        "cut_frame": "connection ended inside a frame",
+    }
+    for case, error in expected.items():
+        assert hostile[case] == {"type": ERROR, "error": error, "closed": True}, case
+    assert hostile["good_after"] is True
+    # The host stopped them: the hub never saw a broken frame.
+    assert not [e for e in events if e["event"] == "protocol_error"]
+
+
+def test_guest_flood_closes_only_the_flooder(guest_checks):
+    flood = guest_checks[0]["flood"]
+    assert flood["closed"] is True and flood["good_after"] is True
+    assert flood["received"] < flood["sent"]  # the hub dropped it, answers unread
+
+
+def test_run_without_hub_gets_no_hub(monkeypatch):
+    """The example agent, in a run with no hub configured anywhere."""
+    monkeypatch.delenv("BLINK_VHUB_SOCKET", raising=False)
+    result = run_cli("run", REPO / "examples/agents/vhub_rpc.py", timeout=600)
+    assert result.returncode == 0, result
+    assert result.event["hub"]["status"] == "no-hub"
+    assert result.event["answers"] == {"ping": {"rpc_error": "no hub"},
+                                       "time": {"rpc_error": "no hub"}}
+
+
+class StallingHub:
+    """A hub of our own: it reads the first connection's handshake and then
+    nothing more; it answers the second connection's heartbeat after noting
+    the shim's peak memory."""
+
+    def __init__(self, tmp_path, session):
+        self.path = str(tmp_path / "stall.sock")
+        self.session = session
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(self.path)
+        self.server.listen(8)
+        self.handshakes, self.report, self.shim_peak_kib = [], None, None
+        self.held = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        for index in range(2):
+            conn, _ = self.server.accept()
+            conn.settimeout(300)
+            self.handshakes.append(json.loads(recv_frame(conn)[2]))
+            if index == 0:
+                self.held.append(conn)  # never read again
+                continue
+            self.report = int(recv_frame(conn)[2])
+            self.shim_peak_kib = self._shim_peak()
+            kind, rid, body = recv_frame(conn)
+            conn.sendall(frame(kind, rid, body))
+
+    def _shim_peak(self):
+        (pid,) = live_pids(f"blink-shim .*--name {self.session}")
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+
+
+def test_session_hub_memory_stays_bounded(tmp_path, fresh_home):
+    """`session open --vhub` is kept for the session's VM; a guest program
+    that writes to a hub that reads nothing stalls, and the shim's memory
+    stays bounded; another connection of the same VM still works."""
+    name = "vhub-stall"
+    hub = StallingHub(tmp_path, name)
+    opened = run_cli("session", "open", "--name", name, "--vhub", hub.path, home=fresh_home)
+    assert opened.returncode == 0, opened
+    try:
+        result = run_cli("session", "run", "--name", name, AGENTS / "vhub_stall.py",
+                         home=fresh_home, timeout=900)
+    finally:
+        run_cli("session", "remove", "--name", name, "--force", home=fresh_home)
+    assert result.returncode == 0, result
+    # The hub hears the session's name from the host, not the guest's claim.
+    assert hub.handshakes == [{"session": name}, {"session": name}]
+    assert result.event["stalled"] is True
+    assert result.event["b_answer"] == [HEARTBEAT, 3]
+    # 64 MiB were offered; only the bounded buffers between took any.
+    assert hub.report == result.event["sent"] < 16 << 20
+    assert hub.shim_peak_kib < 128 << 10
