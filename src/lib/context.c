@@ -50,6 +50,19 @@ blink_t *blink_open(const char *home, blink_error_t *err)
                    blink->home);
         goto fail;
     }
+    /* Absolute from here on: disks name their backing files by these paths,
+     * and QEMU would read a relative one from the disk's own folder. */
+    char *absolute = realpath(blink->home, NULL);
+    char *absolute_tmp = absolute ? blink_strdup_printf("%s/tmp", absolute) : NULL;
+    if (absolute_tmp == NULL) {
+        free(absolute);
+        blink_fail(err, BLINK_E_IO, errno, "resolve blink home `%s`", blink->home);
+        goto fail;
+    }
+    free(blink->home);
+    free(blink->tmp_dir);
+    blink->home = absolute;
+    blink->tmp_dir = absolute_tmp;
     return blink;
 
 fail:

@@ -91,6 +91,7 @@ typedef struct member {
     uint64_t size;
     char sha256[65];
     int backing;    /* index of the member it stands on; -1: none */
+    bool is_copy;   /* `path` is a temporary file of this export */
 } member_t;
 
 /* The members a session needs: its disk, every layer under it or holding
@@ -159,6 +160,59 @@ static int collect_layers(session_ctx_t *s, member_list_t *list, const char *dis
         if (path == NULL || add_layer(list, path, image, 0, err) < 0)
             return -1;
     }
+    return 0;
+}
+
+static bool holds_checkpoint_of(const member_t *m, const blink_checkpoint_row_t *layered,
+                                size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        const char *base = strrchr(layered[i].layer, '/');
+        if (base && strcmp(base, strrchr(m->name, '/')) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* A layer this session only stands on may hold snapshots of the session it
+ * was frozen from, memory included: those are not this session's to give
+ * away. Such a layer goes out as a copy of its current content alone
+ * (`qemu-img convert -B`: only the layer's own clusters, no snapshots). */
+static int strip_foreign_snapshots(session_ctx_t *s, member_t *m, const member_t *under,
+                                   const blink_checkpoint_row_t *layered, size_t count,
+                                   blink_error_t *err)
+{
+    if (holds_checkpoint_of(m, layered, count))
+        return 0;
+    cleanup_free char *tool = blink_find_program("qemu-img");
+    cleanup_free char *text = NULL;
+    if (tool == NULL)
+        return blink_fail(err, BLINK_E_MISSING_DEP, 0,
+                          "find qemu-img: install the Debian package `qemu-utils`");
+    char *info[] = {tool, "info", "-U", "--output=json", "-f", "qcow2", m->path, NULL};
+    if (blink_run_program_output(info, &text, 16 << 20, err) < 0)
+        return -1;
+    json_t *parsed = json_loads(text, 0, NULL);
+    size_t snapshots = json_array_size(json_object_get(parsed, "snapshots"));
+    json_decref(parsed);
+    if (snapshots == 0)
+        return 0;
+
+    char *copy = blink_strdup_printf("%s/export-%d-%s-%s", s->blink->tmp_dir, (int)getpid(),
+                                     s->name, strrchr(m->name, '/') + 1);
+    if (copy == NULL)
+        return blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "export");
+    unlink(copy);
+    char *convert[] = {tool, "convert", "-U", "-f", "qcow2", "-O", "qcow2", "-B", under->path,
+                       "-F", "qcow2", m->path, copy, NULL};
+    if (blink_run_program(convert, err) < 0) {
+        unlink(copy);
+        free(copy);
+        return -1;
+    }
+    free(m->path);
+    m->path = copy;
+    m->is_copy = true;
     return 0;
 }
 
@@ -388,6 +442,12 @@ int blink_session_export(blink_t *blink, const char *name, const blink_transfer_
     snprintf(members[0].name, sizeof(members[0].name), "%s", BOXLITE_DISK);
     snprintf(members[1].name, sizeof(members[1].name), "%s", BOXLITE_IMAGE);
     members[1].backing = -1;
+    /* Top down: a layer comes after the one under it in the list, and its
+     * copy names that one's real file as its backing. */
+    for (size_t i = list.count; i-- > 2;)
+        if (strip_foreign_snapshots(&s, &members[i], &members[members[i].backing], layered,
+                                    layered_count, err) < 0)
+            goto out;
 
     /* The copy of a running disk is ours alone: let the session go on. */
     if (disk_is_copy) {
@@ -434,8 +494,11 @@ out:
         unlink(partial);
     if (disk_is_copy && members[0].path)
         unlink(members[0].path);
-    for (size_t i = 0; i < list.count; i++)
+    for (size_t i = 0; i < list.count; i++) {
+        if (members[i].is_copy)
+            unlink(members[i].path);
         free(members[i].path);
+    }
     free(checkpoints);
     free(layered);
     json_decref(manifest);

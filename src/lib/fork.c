@@ -12,6 +12,7 @@
 #include "layers.h"
 #include "session.h"
 #include "shim_client.h"
+#include "vhub_carrier.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -72,8 +73,45 @@ fail:
     return NULL;
 }
 
-static int create_fork_disk(session_ctx_t *dst, const char *layer, const char *snapshot,
-                            const char *snapshot_layer, blink_error_t *err)
+/* A stopped source that has written nothing since it last froze (its
+ * overlay holds no data and no checkpoints) forks from that same layer:
+ * forking one session many times does not stack layers. NULL with err
+ * cleared when there is no such layer. */
+static char *idle_layer(session_ctx_t *src, blink_error_t *err)
+{
+    bool empty = false;
+    char *backing = NULL;
+    uint64_t size = 0;
+    memset(err, 0, sizeof(*err));
+    if (layers_overlay_empty(src->disk, &empty, err) < 0)
+        return NULL;
+    if (!empty || layers_read_header(src->disk, &backing, &size, err) < 0 || backing == NULL)
+        return NULL;
+    const char *relative = layers_relative(src->blink, backing);
+    if (relative == NULL || strncmp(relative, "layers/", 7) != 0 || strchr(relative + 7, '/')) {
+        free(backing); /* it stands on its image: freeze it once */
+        return NULL;
+    }
+    return backing;
+}
+
+/* Every fork of a running or busy source adds a layer under it. */
+static int check_depth(session_ctx_t *src, blink_error_t *err)
+{
+    int depth = layers_chain_depth(src->disk, err);
+    if (depth < 0)
+        return -1;
+    if (depth >= LAYERS_MAX_FORK_DEPTH) /* depth - 1 layers and the image; one more */
+        return blink_fail(err, BLINK_E_INVALID, 0,
+                          "session `%s` stands on %d layers, the most a fork allows: fork "
+                          "it while it is stopped and unchanged since its last fork, or fork "
+                          "one of its forks",
+                          src->name, depth - 1);
+    return 0;
+}
+
+static int create_fork_disk(session_ctx_t *dst, const char *source_dir, const char *layer,
+                            const char *snapshot, const char *snapshot_layer, blink_error_t *err)
 {
     cleanup_free char *tmp = blink_strdup_printf("%s.tmp", dst->disk);
     cleanup_free char *held = NULL;
@@ -103,6 +141,10 @@ static int create_fork_disk(session_ctx_t *dst, const char *layer, const char *s
     }
     if (rc == 0 && rename(tmp, dst->disk) < 0)
         rc = blink_fail(err, BLINK_E_IO, errno, "create disk `%s`", dst->disk);
+    /* The fork talks to the source's V-Hub, if it has one (docs/vhub.md). */
+    cleanup_free char *hub = rc == 0 ? blink_vhub_load(source_dir) : NULL;
+    if (hub && blink_vhub_save(dst->dir, hub, err) < 0)
+        rc = -1;
     if (rc < 0)
         blink_remove_tree(dst->dir);
     return rc;
@@ -164,9 +206,13 @@ int blink_session_fork(blink_t *blink, const char *source, const char *target,
     if ((layers_fd = layers_lock(blink, err)) < 0)
         goto out;
     bool running = session_is_running(&src, &row);
-    if ((layer = freeze_disk(&src, running, err)) == NULL)
+    if (!running && (layer = idle_layer(&src, err)) == NULL && err->code != 0)
         goto out;
-    if (create_fork_disk(&dst, layer, snapshot, snapshot_layer, err) < 0)
+    if (layer == NULL && check_depth(&src, err) < 0)
+        goto out;
+    if (layer == NULL && (layer = freeze_disk(&src, running, err)) == NULL)
+        goto out;
+    if (create_fork_disk(&dst, src.dir, layer, snapshot, snapshot_layer, err) < 0)
         goto out;
 
     blink_session_row_t fork_row = row;

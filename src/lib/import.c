@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #define READ_CHUNK (1u << 20)
 
@@ -86,6 +87,10 @@ static int read_layer_graph(import_t *im, blink_error_t *err)
         for (size_t steps = 0; at != 1; steps++) {
             if (steps > im->count)
                 return blink_fail(err, BLINK_E_INVALID, 0, "manifest's layers form a loop");
+            if (steps >= LAYERS_MAX_FORK_DEPTH)
+                return blink_fail(err, BLINK_E_INVALID, 0,
+                                  "manifest's layers stand more than %d deep",
+                                  LAYERS_MAX_FORK_DEPTH);
             at = im->members[at].backing;
         }
     }
@@ -166,6 +171,32 @@ static int read_manifest(import_t *im, struct archive *a, blink_error_t *err)
     return im->count > 2 ? read_layer_graph(im, err) : 0;
 }
 
+/* Writes `len` bytes at the file offset, leaving holes where whole blocks
+ * are zero: a member of zeros (compressed to nothing, a cheap way to fill a
+ * disk) takes no space. */
+static int write_sparse(int fd, const char *data, size_t len)
+{
+    enum { BLOCK = 4096 };
+    static const char zeros[BLOCK];
+    while (len > 0) {
+        size_t n = len < BLOCK ? len : BLOCK;
+        if (n == BLOCK && memcmp(data, zeros, BLOCK) == 0) {
+            if (lseek(fd, BLOCK, SEEK_CUR) < 0)
+                return -1;
+        } else {
+            ssize_t w = write(fd, data, n);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0)
+                return -1;
+            n = (size_t)w;
+        }
+        data += n;
+        len -= n;
+    }
+    return 0;
+}
+
 /* Streams one member into the staging folder, checking size and digest. */
 static int stage_member(import_t *im, struct archive *a, struct archive_entry *entry,
                         blink_error_t *err)
@@ -216,18 +247,10 @@ static int stage_member(import_t *im, struct archive *a, struct archive_entry *e
                               e->name);
         }
         blink_sha256_update(h, buf, (size_t)n);
-        const char *p = buf;
-        for (la_ssize_t left = n; left > 0;) {
-            ssize_t w = write(fd, p, (size_t)left);
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w < 0) {
-                int e2 = errno;
-                blink_sha256_final(h, digest);
-                return blink_fail(err, BLINK_E_IO, e2, "stage member `%s`", e->name);
-            }
-            p += w;
-            left -= w;
+        if (write_sparse(fd, buf, (size_t)n) < 0) {
+            int e2 = errno;
+            blink_sha256_final(h, digest);
+            return blink_fail(err, BLINK_E_IO, e2, "stage member `%s`", e->name);
         }
         im->done += (uint64_t)n;
         if (im->options->on_progress)
@@ -236,10 +259,27 @@ static int stage_member(import_t *im, struct archive *a, struct archive_entry *e
     blink_sha256_final(h, digest);
     if (got != e->size)
         return blink_fail(err, BLINK_E_INVALID, 0, "member `%s` is cut short", e->name);
+    if (ftruncate(fd, (off_t)got) < 0) /* a trailing hole */
+        return blink_fail(err, BLINK_E_IO, errno, "stage member `%s`", e->name);
     if (strcmp(digest, e->sha256) != 0)
         return blink_fail(err, BLINK_E_INVALID, 0, "member `%s` fails its SHA-256 check", e->name);
     if (fsync(fd) < 0)
         return blink_fail(err, BLINK_E_IO, errno, "stage member `%s`", e->name);
+    return 0;
+}
+
+/* What the manifest announces must fit where it is staged (holes aside). */
+static int check_space(import_t *im, blink_error_t *err)
+{
+    struct statvfs fs;
+    if (statvfs(im->staging, &fs) < 0)
+        return blink_fail(err, BLINK_E_IO, errno, "check free space in `%s`", im->staging);
+    uint64_t free_bytes = (uint64_t)fs.f_bavail * fs.f_frsize;
+    if (im->total > free_bytes)
+        return blink_fail(err, BLINK_E_INVALID, 0,
+                          "the archive announces %llu MiB of members; %llu MiB are free",
+                          (unsigned long long)(im->total >> 20),
+                          (unsigned long long)(free_bytes >> 20));
     return 0;
 }
 
@@ -256,7 +296,7 @@ static int read_members(import_t *im, const char *path, blink_error_t *err)
                    archive_errno(a), "open archive `%s`: %s", path, archive_error_string(a));
         goto out;
     }
-    if (read_manifest(im, a, err) < 0)
+    if (read_manifest(im, a, err) < 0 || check_space(im, err) < 0)
         goto out;
     for (;;) {
         struct archive_entry *entry;

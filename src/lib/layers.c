@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -143,10 +144,13 @@ static pid_t start_nbd(const char *tool, const char *socket_path, const char *ba
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != parent)
             _exit(127);
+        /* Silent: it reports a client hanging up as an error, and we learn
+         * of real failures from the connect and from qemu-img. */
         int null = open("/dev/null", O_RDWR);
         if (null >= 0) {
             dup2(null, STDIN_FILENO);
             dup2(null, STDOUT_FILENO);
+            dup2(null, STDERR_FILENO);
         }
         execv(tool, argv);
         _exit(127);
@@ -179,7 +183,6 @@ static int wait_for_socket(const char *path, pid_t server, blink_error_t *err)
 int layers_overlay_at_snapshot(blink_t *blink, const char *target, const char *base,
                                const char *snapshot, blink_error_t *err)
 {
-    (void)blink;
     cleanup_free char *img = blink_find_program("qemu-img");
     cleanup_free char *nbd = blink_find_program("qemu-nbd");
     if (img == NULL || nbd == NULL)
@@ -191,9 +194,14 @@ int layers_overlay_at_snapshot(blink_t *blink, const char *target, const char *b
         return -1;
     free(backing);
 
-    /* A private folder with a short path: socket paths are capped at 107. */
+    /* A private folder for the socket, in BLINK_HOME/tmp where the next
+     * one reaps it if we are killed, or where a socket path fits (107). */
+    blink_reap_orphans(blink->tmp_dir, "nbd-", true);
     const char *tmp = getenv("TMPDIR");
-    cleanup_free char *dir = blink_strdup_printf("%s/blink-nbd-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    bool fits = strlen(blink->tmp_dir) + sizeof("/nbd-4294967295-XXXXXX/nbd.sock") <= 108;
+    cleanup_free char *dir =
+        fits ? blink_strdup_printf("%s/nbd-%d-XXXXXX", blink->tmp_dir, (int)getpid())
+             : blink_strdup_printf("%s/blink-nbd-XXXXXX", tmp && *tmp ? tmp : "/tmp");
     if (dir == NULL || mkdtemp(dir) == NULL)
         return blink_fail(err, BLINK_E_IO, errno, "create a folder for qemu-nbd");
     cleanup_free char *socket_path = blink_strdup_printf("%s/nbd.sock", dir);
@@ -280,7 +288,7 @@ static bool file_set_has(const file_set_t *set, const struct stat *st)
 static void add_chain(file_set_t *set, const char *disk)
 {
     cleanup_free char *current = strdup(disk);
-    for (int depth = 0; current && depth < LAYERS_MAX_DEPTH; depth++) {
+    for (int depth = 0; current && depth <= LAYERS_MAX_DEPTH; depth++) {
         char *backing = NULL;
         uint64_t size;
         if (layers_read_header(current, &backing, &size, NULL) < 0 || backing == NULL)
@@ -289,6 +297,55 @@ static void add_chain(file_set_t *set, const char *disk)
         free(current);
         current = backing;
     }
+    set->failed = true; /* a chain we did not see the end of: delete nothing */
+}
+
+int layers_chain_depth(const char *disk, blink_error_t *err)
+{
+    cleanup_free char *current = strdup(disk);
+    for (int depth = 0; current; depth++) {
+        char *backing = NULL;
+        uint64_t size;
+        if (layers_read_header(current, &backing, &size, err) < 0)
+            return -1;
+        if (backing == NULL)
+            return depth;
+        if (depth > LAYERS_MAX_DEPTH)
+            return blink_fail(err, BLINK_E_INVALID, 0, "`%s` stands on too many layers", disk);
+        free(current);
+        current = backing;
+    }
+    return blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "follow the layers of `%s`", disk);
+}
+
+int layers_overlay_empty(const char *disk, bool *empty, blink_error_t *err)
+{
+    cleanup_free char *tool = blink_find_program("qemu-img");
+    cleanup_free char *map = NULL, *info = NULL;
+    *empty = false;
+    if (tool == NULL)
+        return blink_fail(err, BLINK_E_MISSING_DEP, 0,
+                          "find qemu-img: install the Debian package `qemu-utils`");
+    char *map_argv[] = {tool, "map", "-U", "--output=json", "-f", "qcow2", (char *)disk, NULL};
+    char *info_argv[] = {tool, "info", "-U", "--output=json", "-f", "qcow2", (char *)disk, NULL};
+    if (blink_run_program_output(map_argv, &map, 64 << 20, err) < 0 ||
+        blink_run_program_output(info_argv, &info, 16 << 20, err) < 0)
+        return -1;
+    json_t *extents = json_loads(map, 0, NULL);
+    json_t *details = json_loads(info, 0, NULL);
+    bool nothing = json_is_array(extents) && json_is_object(details) &&
+                   json_array_size(json_object_get(details, "snapshots")) == 0;
+    json_t *extent;
+    size_t i;
+    json_array_foreach(extents, i, extent)
+    {
+        json_t *depth = json_object_get(extent, "depth");
+        nothing = nothing && json_is_integer(depth) && json_integer_value(depth) > 0;
+    }
+    json_decref(extents);
+    json_decref(details);
+    *empty = nothing;
+    return 0;
 }
 
 static void add_session_files(file_set_t *set, const char *sessions_dir)

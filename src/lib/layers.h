@@ -14,6 +14,9 @@
 
 /* Longest backing chain we follow; a longer one is refused as hostile. */
 #define LAYERS_MAX_DEPTH 64
+/* Most layers a fork may leave a disk standing on (image not counted): a
+ * margin under LAYERS_MAX_DEPTH. */
+#define LAYERS_MAX_FORK_DEPTH 48
 
 /* Serializes what creates, adopts or deletes shared layers. Returns the
  * lock's fd (close it to release) or -1. */
@@ -31,6 +34,12 @@ int layers_read_header(const char *path, char **backing, uint64_t *virtual_size,
  * running QEMU may hold its lock). */
 int layers_create_overlay(const char *path, const char *backing, uint64_t virtual_size,
                           blink_error_t *err);
+
+/* How many files `disk` stands on, its image included. */
+int layers_chain_depth(const char *disk, blink_error_t *err);
+
+/* Whether the overlay holds nothing of its own: no data, no snapshots. */
+int layers_overlay_empty(const char *disk, bool *empty, blink_error_t *err);
 
 /* Path relative to BLINK_HOME (a pointer into `path`), or NULL when `path`
  * is not under it. */

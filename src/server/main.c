@@ -205,6 +205,18 @@ static int server_init(server_t *server, blink_error_t *err)
     return 0;
 }
 
+/* Percent-decoding as libmicrohttpd does it, except that a URL or query
+ * with an encoded NUL stays undecoded: decoded, the NUL would end the name
+ * early ("a%00b" would name session "a"); undecoded, the name is invalid. */
+static size_t unescape(void *cls, struct MHD_Connection *connection, char *text)
+{
+    (void)cls;
+    (void)connection;
+    if (strstr(text, "%00") != NULL)
+        return strlen(text);
+    return MHD_http_unescape(text);
+}
+
 static struct MHD_Daemon *start_http(server_t *server, int listen_fd, blink_error_t *err)
 {
     /* Thread per connection: a synchronous session run or a long-poll
@@ -215,7 +227,8 @@ static struct MHD_Daemon *start_http(server_t *server, int listen_fd, blink_erro
         flags, 0, NULL, NULL, http_access, server, MHD_OPTION_LISTEN_SOCKET, listen_fd,
         MHD_OPTION_NOTIFY_COMPLETED, http_completed, server, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)SERVER_CAP_CONNECTIONS, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)IDLE_TIMEOUT_SEC, MHD_OPTION_END);
+        (unsigned)IDLE_TIMEOUT_SEC, MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
+        MHD_OPTION_END);
     if (daemon == NULL)
         blink_fail(err, BLINK_E_IO, 0, "[http] start the http daemon");
     return daemon;

@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -166,6 +167,15 @@ enum MHD_Result upload_chunk(request_t *req, const char *data, size_t size)
     struct upload *u = req->upload;
     if (u->pp == NULL || u->too_large)
         return MHD_YES; /* an answer is queued, or will be: the rest is dropped */
+    /* A stopping server does not wait for a slow upload to end. */
+    pthread_mutex_lock(&req->server->lock);
+    bool stopping = req->server->stopping;
+    pthread_mutex_unlock(&req->server->lock);
+    if (stopping) {
+        log_warn("import", "server stopping: upload abandoned after %llu bytes",
+                 (unsigned long long)u->received);
+        return MHD_NO;
+    }
     u->received += size;
     if (u->received > u->limit) {
         /* Stop writing and free the disk at once; the 413 goes out when

@@ -12,6 +12,8 @@
 
 #include <errno.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define MONITOR_TIMEOUT_MS 300000
 #define FREEZE_TIMEOUT_MS  30000
@@ -112,6 +114,9 @@ int shim_restore(shim_t *shim, const char *name, blink_error_t *err)
     blin_decoder_init(&shim->vm->decoder, BLINK_CAP_BLIN_PAYLOAD);
     shim->vm->send_queue.len = 0;
     shim->vm->send_offset = 0;
+    /* Guest connections to the hub belong to the abandoned timeline too. */
+    if (shim->vm->vhub)
+        blink_vhub_reset(shim->vm->vhub);
     return shim_send_init(shim, err);
 }
 
@@ -149,6 +154,23 @@ int shim_copy_disk(shim_t *shim, const char *disk, const char *target, blink_err
     return rc;
 }
 
+/* QEMU knows each disk file by a name of its own, sessions/NAME/vm/disk-N,
+ * a hard link that nothing renames while the VM runs: QEMU reopens files by
+ * name (a node put under an overlay is reopened read-only), and the
+ * session's disk.qcow2 changes inode when a fork moves it onto an overlay. */
+char *shim_vm_disk_name(const shim_t *shim, unsigned index, blink_error_t *err)
+{
+    if (index == 0) {
+        blink_remove_tree(shim->vm_dir); /* names of a VM that is gone */
+        if (mkdir(shim->vm_dir, 0700) < 0)
+            return blink_fail_null(err, BLINK_E_IO, errno, "create `%s`", shim->vm_dir);
+    }
+    char *name = blink_strdup_printf("%s/disk-%u.qcow2", shim->vm_dir, index);
+    if (name == NULL)
+        return blink_fail_null(err, BLINK_E_NO_MEMORY, ENOMEM, "name the vm's disk");
+    return name;
+}
+
 /* The caller made `overlay` over a link to the disk (so its header already
  * names the shared layer); QEMU opens it as it is ("existing") and puts the
  * current node under it, with the guest's filesystem frozen meanwhile. */
@@ -157,17 +179,27 @@ int shim_add_layer(shim_t *shim, const char *overlay, blink_error_t *err)
     char node[16], next[16];
     top_node(shim, node);
     snprintf(next, sizeof(next), "top%u", shim->layers + 1);
-    log_info("shim", "move the disk onto overlay %s", overlay);
-    if (guest_freeze(shim, true, err) < 0)
+    cleanup_free char *name = shim_vm_disk_name(shim, shim->layers + 1, err);
+    if (name == NULL)
         return -1;
+    unlink(name);
+    if (link(overlay, name) < 0)
+        return blink_fail(err, BLINK_E_IO, errno, "link `%s` for the vm", overlay);
+    log_info("shim", "move the disk onto overlay %s", overlay);
+    if (guest_freeze(shim, true, err) < 0) {
+        unlink(name);
+        return -1;
+    }
     json_t *args = json_pack("{s:s, s:s, s:s, s:s, s:s}", "node-name", node, "snapshot-file",
-                             overlay, "snapshot-node-name", next, "format", "qcow2", "mode",
+                             name, "snapshot-node-name", next, "format", "qcow2", "mode",
                              "existing");
     int rc = blink_qmp_execute(&shim->vm->qmp, "blockdev-snapshot-sync", args, NULL,
                                blink_now_ms() + MONITOR_TIMEOUT_MS, err);
     json_decref(args);
     if (rc == 0)
         shim->layers++;
+    else
+        unlink(name);
     /* Once moved, the answer must say so whatever the thaw does: the client
      * renames files by it. */
     blink_error_t thaw_err;

@@ -155,10 +155,13 @@ static int boot(shim_t *shim, const shim_args_t *a, blink_t *blink, blink_error_
     /* The hub recorded when the session was opened, never the environment
      * of whichever command happened to start this VM. */
     cleanup_free char *hub = dir ? blink_vhub_load(dir) : NULL;
+    cleanup_free char *vm_disk = shim_vm_disk_name(shim, 0, err);
     const char *accel = NULL;
-    if (qemu == NULL || blink_kernel_paths(blink, &kernel, &initrd, err) < 0 ||
+    if (qemu == NULL || vm_disk == NULL || blink_kernel_paths(blink, &kernel, &initrd, err) < 0 ||
         (accel = blink_accel(blink, err)) == NULL)
         return -1;
+    if (link(disk, vm_disk) < 0)
+        return blink_fail(err, BLINK_E_IO, errno, "link `%s` for the vm", disk);
 
     blink_vm_config_t config = {
         .qemu_path = qemu,
@@ -167,7 +170,7 @@ static int boot(shim_t *shim, const shim_args_t *a, blink_t *blink, blink_error_
         .initrd_path = initrd,
         .memory_mib = a->memory_mib,
         .cpus = a->cpus,
-        .disk_path = disk,
+        .disk_path = vm_disk,
         .control_port = true,
         .tmp_dir = blink->tmp_dir,
         .loadvm = a->loadvm,
@@ -306,8 +309,10 @@ int main(int argc, char **argv)
     cleanup_free char *sock = blink_strdup_printf("%s/sessions/%s/shim.sock", args.home, args.name);
     cleanup_free char *disk =
         blink_strdup_printf("%s/sessions/%s/disk.qcow2", args.home, args.name);
+    cleanup_free char *vm_dir = blink_strdup_printf("%s/sessions/%s/vm", args.home, args.name);
     shim.socket_path = sock;
     shim.disk_path = disk;
+    shim.vm_dir = vm_dir;
     if (blink == NULL || db == NULL || sock == NULL ||
         blink_catalog_open(db, &shim.catalog, &err) < 0 ||
         (shim.listen_fd = listen_on(sock, &err)) < 0 || boot(&shim, &args, blink, &err) < 0) {
@@ -341,6 +346,8 @@ out:
         unlink(sock);
     }
     blink_vm_free(shim.vm);
+    if (vm_dir)
+        blink_remove_tree(vm_dir); /* the VM's names of its disks */
     blink_catalog_close(shim.catalog);
     blink_close(blink);
     return 0;

@@ -72,6 +72,7 @@ typedef struct shim {
     char boot_id[64];
     int freeze_reply; /* -1 waiting; 0 done; errno on failure */
     unsigned layers;  /* overlays the VM moved onto (fork); names its top node */
+    const char *vm_dir; /* sessions/NAME/vm: the names QEMU knows its disks by */
     uint64_t next_guest_id;
     shim_client_t *clients[SHIM_MAX_CLIENTS];
     shim_execution_t executions[SHIM_MAX_EXECUTIONS];
@@ -135,5 +136,8 @@ int shim_restore(shim_t *shim, const char *name, blink_error_t *err);
 int shim_delete_checkpoint(shim_t *shim, const char *name, blink_error_t *err);
 int shim_copy_disk(shim_t *shim, const char *disk, const char *target, blink_error_t *err);
 int shim_add_layer(shim_t *shim, const char *overlay, blink_error_t *err);
+/* The name QEMU knows disk file `index` by (0: the boot disk, which also
+ * clears the names of an earlier VM). */
+char *shim_vm_disk_name(const shim_t *shim, unsigned index, blink_error_t *err);
 
 #endif

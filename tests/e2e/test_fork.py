@@ -1,11 +1,12 @@
 """session fork: copy-on-write copies of a session, end to end on real VMs.
 Each test has a BLINK_HOME of its own, so that it sees every layer there."""
 import json
+import os
 import subprocess
 
 import pytest
 
-from conftest import run_cli
+from conftest import CLI, run_cli
 from test_checkpoint import file_info, sha, zstd_tar
 
 ALLOCATED_SLACK = 4 << 20  # an empty overlay and its metadata, far below the data
@@ -41,7 +42,7 @@ def layers(home):
     return sorted(folder.iterdir()) if folder.exists() else []
 
 
-def test_fork_is_copy_on_write_and_independent(home, agent):
+def test_fork_is_copy_on_write_and_independent(home, agent, tmp_path):
     assert run_cli("session", "open", "--name", "origin", home=home).returncode == 0
     digest = run_in(home, "origin", agent,
                     "#!/bin/sh\nhead -c 30000000 /dev/urandom > /var/blink/memory/data\n"
@@ -69,6 +70,20 @@ def test_fork_is_copy_on_write_and_independent(home, agent):
     assert run_in(home, "copy", agent, check) == digest + "copy-only\ndata\n"
     assert run_in(home, "origin", agent, "#!/bin/sh\nls /var/blink/memory\n") == "origin-only\n"
 
+    # Nor do they travel with the copy: its export carries the shared
+    # layer's content, not the source's checkpoints inside it.
+    out = tmp_path / "copy.boxlite"
+    assert run_cli("session", "export", "--name", "copy", "--output", out,
+                   home=home).returncode == 0
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    subprocess.run(f"zstd -dc {out} | tar -C {unpacked} -xf -", shell=True, check=True)
+    (shipped,) = (unpacked / "layers").iterdir()
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-f", "qcow2",
+                                      str(shipped)], capture_output=True, text=True,
+                                     check=True).stdout)
+    assert "snapshots" not in info or info["snapshots"] == []
+
     # The source's checkpoints stay its own and restorable: one taken
     # before the fork (in the shared layer), one after (in its overlay).
     assert checkpoint_names(home, "copy") == set()
@@ -94,7 +109,9 @@ def test_fork_is_copy_on_write_and_independent(home, agent):
 
 
 def test_fork_from_a_checkpoint_and_carry_it_away(home, agent, tmp_path):
-    assert run_cli("session", "open", "--name", "source", home=home).returncode == 0
+    hub = tmp_path / "hub.sock"  # none listens: only where the setting goes matters here
+    assert run_cli("session", "open", "--name", "source", "--vhub", hub,
+                   home=home).returncode == 0
     run_in(home, "source", agent, "#!/bin/sh\necho one > /var/blink/memory/v\n")
     assert run_cli("session", "checkpoint", "--name", "source", "--snapshot", "v-one",
                    home=home).returncode == 0
@@ -105,6 +122,7 @@ def test_fork_from_a_checkpoint_and_carry_it_away(home, agent, tmp_path):
     assert r.event["event"] == "session_forked" and r.event["snapshot"] == "v-one", r
     read = "#!/bin/sh\ncat /var/blink/memory/v\n"
     assert run_in(home, "at-one", agent, read) == "one\n"
+    assert (home / "sessions/at-one/vhub").read_text() == f"{hub}\n"  # the source's hub
     assert run_in(home, "source", agent, read) == "two\n"
 
     # A forked session exports with its layers and imports into an empty
@@ -146,9 +164,20 @@ def test_fork_of_a_running_warm_session(home, agent):
     first, second = map(int, run_in(home, "live", agent, count).split())
     assert second > first
 
+    # It reads the disk under its new overlay (from the disk, not its cache).
+    uncached = "#!/bin/sh\necho 3 > /proc/sys/vm/drop_caches\ncat /var/blink/memory/*\n"
+    assert run_in(home, "live", agent, uncached) == "kept\n"
+
     # The running VM writes to its new overlay: the branch does not see it.
     run_in(home, "live", agent, "#!/bin/sh\necho late > /var/blink/memory/late\nsync\n")
     assert run_in(home, "branch", agent, "#!/bin/sh\nls /var/blink/memory\n") == "kept\n"
+
+    # A second fork of the same running VM stacks one more layer.
+    assert run_cli("session", "fork", "--name", "live", "--to", "branch-2",
+                   home=home).returncode == 0
+    assert run_in(home, "live", agent, uncached) == "kept\nlate\n"
+    assert run_in(home, "branch-2", agent, "#!/bin/sh\ncat /var/blink/memory/*\n") == \
+        "kept\nlate\n"
 
     # Checkpoints of the moved VM still work, memory ones included.
     assert run_cli("session", "checkpoint", "--name", "live", "--snapshot", "mem-1",
@@ -163,7 +192,10 @@ def test_fork_of_a_running_warm_session(home, agent):
     assert run_cli("session", "checkpoint", "--name", "live", "--snapshot", "disk-1", "--delete",
                    home=home).event["event"] == "checkpoint_deleted"
     assert checkpoint_names(home, "live") == {"mem-1"}
-    for name in ("live", "branch"):
+    # After a reboot the disk chain holds everything.
+    assert run_cli("session", "stop", "--name", "live", home=home).returncode == 0
+    assert run_in(home, "live", agent, uncached) == "kept\nlate\n"
+    for name in ("live", "branch", "branch-2"):
         assert run_cli("session", "remove", "--name", name, "--force", home=home).returncode == 0
     assert layers(home) == []
 
@@ -233,3 +265,35 @@ def test_hostile_layered_archives_are_refused(home, tmp_path):
         assert run_cli("session", "ls", home=home).event["sessions"] == [], name
         assert layers(home) == [], name
         assert [p.name for p in (home / "images").iterdir()] == ["debian-12"], name
+
+
+def backing_of(path):
+    info = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path)],
+                          capture_output=True, text=True, check=True).stdout
+    return json.loads(info).get("backing-filename")
+
+
+def test_forks_of_an_unchanged_source_share_one_layer(home):
+    assert run_cli("session", "open", "--name", "base", home=home).returncode == 0
+    for i in range(4):
+        r = run_cli("session", "fork", "--name", "base", "--to", f"child-{i}", home=home)
+        assert r.event["event"] == "session_forked", r
+    # The first fork froze the disk; the source wrote nothing since, so the
+    # others stand on the same layer instead of stacking new ones.
+    (layer,) = layers(home)
+    for name in ["base"] + [f"child-{i}" for i in range(4)]:
+        assert backing_of(home / "sessions" / name / "disk.qcow2") == str(layer)
+
+
+def test_a_relative_blink_home_gives_absolute_layer_paths(home):
+    env = dict(os.environ, BLINK_HOME=home.name)
+    cli = [str(CLI)]
+    for args in (["session", "open", "--name", "rel-src"],
+                 ["session", "fork", "--name", "rel-src", "--to", "rel-dst"]):
+        proc = subprocess.run(cli + args, cwd=home.parent, env=env, capture_output=True,
+                              text=True)
+        assert proc.returncode == 0, proc.stderr
+    (layer,) = layers(home)
+    for name in ("rel-src", "rel-dst"):
+        backing = backing_of(home / "sessions" / name / "disk.qcow2")
+        assert backing.startswith("/") and os.path.samefile(backing, layer)

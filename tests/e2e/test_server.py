@@ -211,6 +211,10 @@ def test_session_routes(server, session):
     assert session in [s["name"] for s in listed["sessions"]]
     one = server.json("GET", f"/api/sessions/{session}")
     assert one["session"]["name"] == session and one["session"]["state"] == "stopped"
+    # An encoded NUL does not cut a name short onto another session.
+    for method in ("GET", "DELETE"):
+        assert server.request(method, f"/api/sessions/{session}%00-other")[0] == 400
+    assert server.json("GET", f"/api/sessions/{session}")["session"]["name"] == session
 
 
 def test_session_run(server, session):

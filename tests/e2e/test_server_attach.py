@@ -4,6 +4,7 @@ jobs and an attached execution. One warm session serves most tests."""
 import http.client
 import json
 import signal
+import socket
 import time
 import uuid
 
@@ -366,3 +367,27 @@ def test_restart_with_queued_jobs_and_an_attached_execution(tmp_path):
             if srv and srv.proc.poll() is None:
                 srv.request("DELETE", f"/api/sessions/{name}?force=1")
                 srv.stop()
+
+
+def test_stop_does_not_wait_for_a_trickling_upload(tmp_path):
+    srv = Server(make_home(tmp_path / "home"), workers=0)
+    body, headers = multipart({"archive": ("a.boxlite", b"x" * (1 << 20))})
+    sock = socket.create_connection(("127.0.0.1", srv.port))
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    sock.sendall(f"POST /api/import HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                 f"{head}\r\n".encode() + body[:1000])
+    srv.proc.send_signal(signal.SIGTERM)
+    # The client keeps trickling; the server abandons the upload and exits.
+    sent = 1000
+    while srv.proc.poll() is None and sent < len(body):
+        try:
+            sock.sendall(body[sent:sent + 10])
+        except OSError:
+            break
+        sent += 10
+        time.sleep(0.2)
+    assert srv.proc.wait(timeout=120) == 0, srv.log_text()
+    assert sent < len(body)  # it ended before the upload did
+    assert "upload abandoned" in srv.log_text()
+    assert not [p for p in (srv.home / "tmp").iterdir() if p.name.startswith("upload-")]
+    sock.close()
