@@ -344,7 +344,7 @@ _Noreturn void control_serve(int port_fd, bool agents_cgroup)
         struct pollfd *vhub_fds = fds + FIRST_EXEC + exec_count;
         size_t vhub_count = vhub_poll_prepare(vhub_fds, VHUB_POLLFDS);
 
-        if (poll(fds, FIRST_EXEC + exec_count + vhub_count, vhub_poll_timeout()) < 0) {
+        if (poll(fds, FIRST_EXEC + exec_count + vhub_count, -1) < 0) {
             if (errno == EINTR)
                 continue;
             log_error_errno(errno, "poll; powering off");

@@ -161,8 +161,6 @@ void vhub_init(void);
 /* Fills at most VHUB_POLLFDS entries; returns how many. */
 size_t vhub_poll_prepare(struct pollfd *fds, size_t max);
 void vhub_poll_handle(const struct pollfd *fds, size_t count);
-/* The event loop's poll timeout in ms (-1: none); see vhub.c. */
-int vhub_poll_timeout(void);
 
 /* ---- files.c: file transfers ---- */
 

@@ -421,17 +421,11 @@ void vhub_init(void)
 
 /* ---- the event loop ---- */
 
-/* Under a sustained stream the port's POLLOUT was seen not to arrive now
- * and then (virtio_console wakes writers from the out-queue interrupt),
- * which stalled every connection until some other event came. While
- * frames wait, the loop therefore also retries on a short timer. */
-#define VHUB_RETRY_MS 10
-
-int vhub_poll_timeout(void)
-{
-    return port_fd >= 0 && port_queued() > 0 ? VHUB_RETRY_MS : -1;
-}
-
+/* Every wait is on an fd, with no timer: the port turns writable on the
+ * out-queue interrupt (virtio_console also reclaims what the host consumed
+ * whenever it is polled), and credit comes back as Acks on the port. A
+ * relay once seen to stop here was the host's carrier sitting on guest
+ * bytes with nothing to wake it (vhub_carrier.c, step), not the port. */
 size_t vhub_poll_prepare(struct pollfd *fds, size_t max)
 {
     size_t n = 0;

@@ -310,10 +310,21 @@ static void step(blink_vhub_t *v, vhub_conn_t *c)
 {
     if (c->host_done)
         return;
-    filter_input(c);
+    /* Guest bytes held back while to_hub was full wait on no fd of ours:
+     * the guest, out of credit, sends nothing until we Ack them, and the
+     * hub's socket is polled for POLLOUT only while to_hub holds bytes. So
+     * whatever the hub's socket takes, the filter runs again at once, until
+     * either from_guest is empty or to_hub is left waiting on that socket. */
+    for (;;) {
+        filter_input(c);
+        size_t queued = queue_len(&c->to_hub);
+        flush_to_hub(c);
+        if (queue_len(&c->to_hub) == queued || queue_len(&c->from_guest) == 0 ||
+            c->filter.failed || c->hub_done)
+            break;
+    }
     if (c->guest_done && queue_len(&c->from_guest) == 0 && !c->filter.failed)
         vhub_filter_end(&c->filter, &c->to_guest.buf);
-    flush_to_hub(c);
     if (c->guest_done && c->hub_fd >= 0 && !c->hub_write_shut && queue_len(&c->to_hub) == 0 &&
         queue_len(&c->from_guest) == 0) {
         shutdown(c->hub_fd, SHUT_WR); /* the hub sees the end and closes */

@@ -257,6 +257,25 @@ def test_guest_flood_closes_only_the_flooder(guest_checks):
     assert flood["received"] < flood["sent"]  # the hub dropped it, answers unread
 
 
+def test_guest_relay_of_many_mib_completes(tmp_path):
+    """Guest-to-hub streams several times larger than every buffer between
+    them, so the carrier's queue to the hub fills and drains over and over:
+    each round must arrive whole (a relay that stops trips the agent's
+    socket timeout)."""
+    rounds, mib = 4, 8
+    hub = Hub(tmp_path)
+    try:
+        result = run_cli("run", "--vhub", hub.path, AGENTS / "vhub_relay.py", "--", rounds, mib,
+                         timeout=1800)
+    finally:
+        hub.stop()
+    assert result.returncode == 0, result
+    assert result.event["error"] is None and result.event["rounds"] == rounds, result.event
+    data = [e for e in hub.events if e["event"] == "stream_data"]
+    assert len(data) == rounds * (mib << 20) // (32 << 10)
+    assert {len(e["data"]) for e in data} == {32 << 10}
+
+
 def test_run_without_hub_gets_no_hub(monkeypatch):
     """The example agent, in a run with no hub configured anywhere."""
     monkeypatch.delenv("BLINK_VHUB_SOCKET", raising=False)
