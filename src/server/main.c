@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 
 #define DEFAULT_BIND "127.0.0.1"
@@ -179,6 +180,32 @@ static void wait_for_signal(void)
 
 /* ---- the server's life ---- */
 
+/* One server per BLINK_HOME: at start a server fails the jobs it finds
+ * running, which would be another server's. The lock lasts as long as the
+ * process (the fd is never closed). */
+static int lock_home(server_t *server, blink_error_t *err)
+{
+    cleanup_free char *dir = blink_strdup_printf("%s/locks", server->home);
+    cleanup_free char *path = blink_strdup_printf("%s/locks/server.lock", server->home);
+    if (dir == NULL || path == NULL)
+        return blink_fail(err, BLINK_E_NO_MEMORY, ENOMEM, "lock the blink home");
+    if (blink_mkdir_p(dir, 0700, err) < 0)
+        return -1;
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return blink_fail(err, BLINK_E_IO, errno, "open `%s`", path);
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        int e = errno;
+        close(fd);
+        if (e == EWOULDBLOCK)
+            return blink_fail(err, BLINK_E_BUSY, 0,
+                              "another blink-server serves BLINK_HOME `%s`", server->home);
+        return blink_fail(err, BLINK_E_IO, e, "lock `%s`", path);
+    }
+    server->home_lock_fd = fd;
+    return 0;
+}
+
 static int server_init(server_t *server, blink_error_t *err)
 {
     pthread_condattr_t attr;
@@ -202,7 +229,7 @@ static int server_init(server_t *server, blink_error_t *err)
     if (server->blink == NULL)
         return -1;
     server->home = blink_home(server->blink);
-    return 0;
+    return lock_home(server, err);
 }
 
 /* Percent-decoding as libmicrohttpd does it, except that a URL or query

@@ -54,6 +54,7 @@ typedef struct server {
     /* Readable once the server stops: attached WebSockets poll it and
      * close (an eventfd nobody reads). */
     int stop_fd;
+    int home_lock_fd; /* one server per BLINK_HOME (main.c) */
 } server_t;
 
 /* One request, from its first call to the completion callback. */

@@ -163,12 +163,21 @@ def test_missing_export(server):
     assert server.request("GET", "/api/exports/none-here.boxlite")[0] == 404
 
 
-def test_address_in_use(server, home):
-    env = dict(os.environ, BLINK_HOME=str(home))
+def test_address_in_use(server, tmp_path):
+    env = dict(os.environ, BLINK_HOME=str(make_home(tmp_path / "other")))
     proc = subprocess.run([str(SERVER), "--port", str(server.port)], env=env,
                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert proc.returncode != 0
     assert "Address already in use" in proc.stderr, proc.stderr
+
+
+def test_one_server_per_home(server, home):
+    env = dict(os.environ, BLINK_HOME=str(home))
+    proc = subprocess.run([str(SERVER), "--port", str(free_port())], env=env,
+                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 1
+    assert "another blink-server serves BLINK_HOME" in proc.stderr, proc.stderr
+    assert server.request("GET", "/api/health")[0] == 200  # the first one is unharmed
 
 
 def wait_for_run(server, run_id, limit=300):
