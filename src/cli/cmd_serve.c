@@ -143,6 +143,16 @@ static json_t *builtin_method(const char *method, json_t *params)
 
 /* Starts the handler with the request on stdin (a memfd, so a large request
  * never blocks us) and its stdout on a pipe we poll. */
+/* BLINK_VHUB_HANDLER_TIMEOUT (seconds, 1-3600) overrides the default. */
+static uint64_t handler_timeout_ms(void)
+{
+    const char *env = getenv("BLINK_VHUB_HANDLER_TIMEOUT");
+    unsigned long long seconds;
+    if (env && cli_parse_number(env, 1, 3600, &seconds))
+        return seconds * 1000;
+    return HUB_HANDLER_TIMEOUT_MS;
+}
+
 static int start_handler(const char *handler, const char *request, size_t len, pending_rpc_t *rpc)
 {
     int in = memfd_create("blink-vhub-request", MFD_CLOEXEC);
@@ -166,6 +176,7 @@ static int start_handler(const char *handler, const char *request, size_t len, p
         if (dup2(in, 0) < 0 || dup2(out[1], 1) < 0 || (devnull >= 0 && dup2(devnull, 2) < 0))
             _exit(127);
         signal(SIGPIPE, SIG_DFL);
+        setpgid(0, 0); /* a group of its own, so a timeout ends its children too */
         execl("/bin/sh", "sh", "-c", handler, (char *)NULL);
         _exit(127);
     }
@@ -174,7 +185,7 @@ static int start_handler(const char *handler, const char *request, size_t len, p
     fcntl(out[0], F_SETFL, O_NONBLOCK);
     rpc->pid = pid;
     rpc->out_fd = out[0];
-    rpc->deadline_ms = now_ms() + HUB_HANDLER_TIMEOUT_MS;
+    rpc->deadline_ms = now_ms() + handler_timeout_ms();
     return 0;
 }
 
@@ -331,7 +342,7 @@ static bool finish_rpc(pending_rpc_t *rpc, peer_t **peers, bool timed_out)
 
     int status = 0;
     if (timed_out)
-        kill(rpc->pid, SIGKILL);
+        kill(-rpc->pid, SIGKILL);
     waitpid(rpc->pid, &status, 0);
     close(rpc->out_fd);
 

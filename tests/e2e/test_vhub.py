@@ -140,6 +140,32 @@ def test_rpc_handler_program(tmp_path):
         hub.stop()
 
 
+def test_a_handler_out_of_time_is_killed_with_its_children(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    handler = tmp_path / "slow.sh"
+    handler.write_text(f"#!/bin/sh\nsleep 600 &\necho $! > {pid_file}\nsleep 600\n")
+    handler.chmod(0o755)
+    os.environ["BLINK_VHUB_HANDLER_TIMEOUT"] = "2"
+    try:
+        hub = Hub(tmp_path, "--handler", str(handler))
+    finally:
+        del os.environ["BLINK_VHUB_HANDLER_TIMEOUT"]
+    try:
+        s = hub.connect()
+        s.sendall(frame(RPC_REQUEST, 31, json.dumps({"method": "slow"}).encode()))
+        kind, rid, _ = recv_frame(s)
+        assert (kind, rid) == (RPC_ERROR, 31)
+        child = int(pid_file.read_text())
+        deadline = time.monotonic() + 30
+        while os.path.exists(f"/proc/{child}") and time.monotonic() < deadline:
+            time.sleep(0.1)  # killed; gone once its parent (init) reaps it
+        state = open(f"/proc/{child}/stat").read().split()[2] \
+            if os.path.exists(f"/proc/{child}") else "gone"
+        assert state in ("gone", "Z"), state
+    finally:
+        hub.stop()
+
+
 def test_fifty_connections_at_once(hub):
     socks = [hub.connect() for _ in range(50)]
     for i, s in enumerate(socks):
