@@ -32,6 +32,9 @@
 #define HUB_MAX_PEERS          256
 #define HUB_HANDLER_OUTPUT_MAX (1u << 20)
 #define HUB_HANDLER_TIMEOUT_MS 30000
+/* Handlers one sandbox may keep busy at once, so that one cannot take all
+ * HUB_MAX_PEERS slots from the others. */
+#define HUB_HANDLERS_PER_OWNER 64
 #define HUB_SEND_QUEUE_MAX     (4u << 20)
 
 typedef struct peer {
@@ -54,6 +57,7 @@ typedef struct pending_rpc {
     char *output;
     size_t output_len;
     uint64_t deadline_ms;
+    char owner[136]; /* "session NAME", "run ID" or "" (the peer's handshake) */
 } pending_rpc_t;
 
 static volatile sig_atomic_t stop_requested;
@@ -189,6 +193,17 @@ static int start_handler(const char *handler, const char *request, size_t len, p
     return 0;
 }
 
+/* Whether the sandbox the peer belongs to has its share of handlers busy. */
+static bool owner_busy(const peer_t *p, const pending_rpc_t *rpcs, size_t rpc_count)
+{
+    char owner[sizeof(rpcs->owner)];
+    snprintf(owner, sizeof(owner), "%s %s", p->label[0] ? p->label_key : "", p->label);
+    size_t busy = 0;
+    for (size_t i = 0; i < rpc_count; i++)
+        busy += strcmp(rpcs[i].owner, owner) == 0;
+    return busy >= HUB_HANDLERS_PER_OWNER;
+}
+
 static void rpc_request(peer_t *p, uint64_t id, const uint8_t *payload, uint32_t len,
                         const char *handler, pending_rpc_t *rpcs, size_t *rpc_count)
 {
@@ -208,10 +223,12 @@ static void rpc_request(peer_t *p, uint64_t id, const uint8_t *payload, uint32_t
     } else if (handler == NULL) {
         queue_json(p, BLIN_RPC_ERROR, id,
                    json_pack("{s:s, s:s}", "error", "unknown method", "method", method));
-    } else if (*rpc_count == HUB_MAX_PEERS ||
+    } else if (*rpc_count == HUB_MAX_PEERS || owner_busy(p, rpcs, *rpc_count) ||
                start_handler(handler, (const char *)payload, len, &rpcs[*rpc_count]) < 0) {
         queue_json(p, BLIN_RPC_ERROR, id, json_pack("{s:s}", "error", "handler unavailable"));
     } else {
+        snprintf(rpcs[*rpc_count].owner, sizeof(rpcs[*rpc_count].owner), "%s %s",
+                 p->label[0] ? p->label_key : "", p->label);
         rpcs[*rpc_count].peer_id = p->id;
         rpcs[*rpc_count].request_id = id;
         (*rpc_count)++;

@@ -166,6 +166,34 @@ def test_a_handler_out_of_time_is_killed_with_its_children(tmp_path):
         hub.stop()
 
 
+def test_one_sandbox_cannot_take_every_handler(tmp_path):
+    handler = tmp_path / "slow.sh"
+    handler.write_text("#!/bin/sh\nexec sleep 600\n")
+    handler.chmod(0o755)
+    os.environ["BLINK_VHUB_HANDLER_TIMEOUT"] = "5"
+    try:
+        hub = Hub(tmp_path, "--handler", str(handler))
+    finally:
+        del os.environ["BLINK_VHUB_HANDLER_TIMEOUT"]
+    try:
+        def peer(session, rid):
+            s = hub.connect()
+            s.sendall(frame(HANDSHAKE, 1, json.dumps({"session": session}).encode()))
+            assert recv_frame(s)[0] == HANDSHAKE
+            s.sendall(frame(RPC_REQUEST, rid, json.dumps({"method": "slow"}).encode()))
+            return s
+
+        greedy = [peer("greedy", 100 + i) for i in range(66)]
+        other = peer("other", 7)
+        errors = [json.loads(recv_frame(s)[2])["error"] for s in greedy]
+        assert errors.count("handler unavailable") == 2  # 64 handlers per sandbox
+        kind, rid, body = recv_frame(other)
+        assert (kind, rid) == (RPC_ERROR, 7)
+        assert json.loads(body)["error"] != "handler unavailable"  # it got a handler
+    finally:
+        hub.stop()
+
+
 def test_fifty_connections_at_once(hub):
     socks = [hub.connect() for _ in range(50)]
     for i, s in enumerate(socks):
