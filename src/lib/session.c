@@ -700,9 +700,15 @@ int blink_session_remove(blink_t *blink, const char *name, bool force, blink_err
     int64_t active = 0;
     int rc = -1;
 
-    if (session_ctx_open(blink, name, &s, err) < 0 || session_ctx_lock(&s, err) < 0 ||
-        blink_catalog_session_get(s.catalog, name, &row, err) < 0)
+    if (session_ctx_open(blink, name, &s, err) < 0 || session_ctx_lock(&s, err) < 0)
         goto out;
+    if (blink_catalog_session_get(s.catalog, name, &row, err) < 0) {
+        /* No session, but maybe the folder of an interrupted open, fork
+         * or import of that name: removing the name clears it too. */
+        if (err->code == BLINK_E_NOT_FOUND && blink_remove_tree(s.dir) == 0)
+            layers_collect(blink, s.catalog);
+        goto out;
+    }
     reconcile(&s, &row);
     bool running = strcmp(row.state, BLINK_STATE_RUNNING) == 0;
     if (running && blink_catalog_execution_active(s.catalog, name, &active, err) < 0)

@@ -297,3 +297,12 @@ def test_a_relative_blink_home_gives_absolute_layer_paths(home):
     for name in ("rel-src", "rel-dst"):
         backing = backing_of(home / "sessions" / name / "disk.qcow2")
         assert backing.startswith("/") and os.path.samefile(backing, layer)
+
+
+def test_remove_clears_the_folder_of_an_interrupted_fork(home):
+    debris = home / "sessions" / "ghost-1"
+    debris.mkdir(parents=True)
+    (debris / "disk.qcow2.tmp").write_bytes(b"half a disk")
+    r = run_cli("session", "remove", "--name", "ghost-1", home=home)
+    assert r.event["code"] == "not_found", r  # there was no session
+    assert not debris.exists()                # but its debris is gone
