@@ -99,6 +99,15 @@ build_initramfs() {
 build_image() {
   local dir=$home/images/$image_name
   [ -f "$dir/disk.qcow2" ] && { say "image $image_name present"; return; }
+  if [ "$(id -u)" -ne 0 ]; then
+    # As a user, mmdebstrap falls back to modes that leave the image's files
+    # owned by that user and its symlinks pointing into the build folder:
+    # a root filesystem whose programs cannot start.
+    say "the image $image_name is built as root; run once:"
+    say "  sudo env BLINK_HOME=$home $0"
+    say "(the files under $home stay yours)"
+    exit 1
+  fi
   say "building image $image_name (Debian 12 minbase + python3; about a minute)"
   local tmp
   tmp=$(mktemp -d "$home/tmp/image.XXXXXX")
@@ -109,7 +118,7 @@ build_image() {
     --customize-hook='rm -f "$1/etc/machine-id"' \
     bookworm "$tmp/root" >/dev/null
   # 4 GiB of address space; qcow2 stores only what is written.
-  mke2fs -q -t ext4 -L blink-root -d "$tmp/root" "$tmp/disk.raw" 4G
+  mke2fs -q -t ext4 -L blink-root -d "$tmp/root" "$tmp/disk.raw" 4G >/dev/null
   qemu-img convert -f raw -O qcow2 "$tmp/disk.raw" "$tmp/disk.qcow2"
   printf '{"name":"%s","base":"debian bookworm minbase","packages":["python3","procps"]}\n' \
     "$image_name" > "$tmp/image.json"
@@ -128,4 +137,13 @@ build_blink
 fetch_kernel
 build_initramfs
 build_image
+# Run through sudo for a user's BLINK_HOME and clone: hand back what we made
+# in places that are theirs.
+if [ "$(id -u)" -eq 0 ] && [ -n "${SUDO_UID:-}" ] && [ "$SUDO_UID" != 0 ]; then
+  for made in "$home" "$repo/build"; do
+    if [ "$(stat -c %u "$(dirname "$made")")" = "$SUDO_UID" ]; then
+      chown -R "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$made"
+    fi
+  done
+fi
 say "ready: BLINK_HOME=$home"

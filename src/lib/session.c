@@ -29,9 +29,13 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 
 #define LOCK_WAIT_MS  120000
 #define STOP_GRACE_MS 15000
+/* Longest wait for a boot whose starter died (BLINK_BOOT_TIMEOUT's default
+ * is 60 s; loading the image and kernel may add to it). */
+#define ORPHAN_BOOT_WAIT_MS 180000
 #define EXEC_ID       1
 
 bool blink_name_valid(const char *name)
@@ -292,6 +296,20 @@ static int start_shim(session_ctx_t *s, const blink_session_row_t *row, blink_er
 int session_ensure_running(session_ctx_t *s, blink_session_row_t *row, blink_error_t *err)
 {
     reconcile(s, row);
+    /* A live shim still booting, though we hold the lock: the command that
+     * started it died. Its VM is coming up; wait for it, not start another
+     * on the same disk. */
+    uint64_t deadline = blink_now_ms() + ORPHAN_BOOT_WAIT_MS;
+    while (strcmp(row->state, BLINK_STATE_STARTING) == 0 && row->shim_pid > 0 &&
+           blink_now_ms() < deadline) {
+        nanosleep(&(struct timespec){.tv_nsec = 100 * 1000 * 1000}, NULL);
+        if (blink_catalog_session_get(s->catalog, s->name, row, err) < 0)
+            return -1;
+        reconcile(s, row);
+    }
+    if (strcmp(row->state, BLINK_STATE_STARTING) == 0 && row->shim_pid > 0)
+        return blink_fail(err, BLINK_E_BUSY, 0, "session `%s` is still starting (shim pid %lld)",
+                          s->name, (long long)row->shim_pid);
     if (strcmp(row->state, BLINK_STATE_RUNNING) == 0) {
         blink_shim_conn_t probe;
         if (blink_shim_connect(s->socket, &probe, NULL) == 0) {

@@ -135,7 +135,8 @@ static void record_state(shim_t *shim, const char *state, const char *last_end)
     }
     snprintf(row.state, sizeof(row.state), "%s", state);
     bool running = strcmp(state, BLINK_STATE_RUNNING) == 0;
-    row.shim_pid = running ? getpid() : 0;
+    bool starting = strcmp(state, BLINK_STATE_STARTING) == 0;
+    row.shim_pid = running || starting ? getpid() : 0;
     row.qemu_pid = running ? shim->vm->pid : 0;
     snprintf(row.boot_id, sizeof(row.boot_id), "%s", running ? shim->boot_id : "");
     row.started_at = running ? (int64_t)(blink_wall_ns() / 1000000) : 0;
@@ -313,9 +314,15 @@ int main(int argc, char **argv)
     shim.socket_path = sock;
     shim.disk_path = disk;
     shim.vm_dir = vm_dir;
-    if (blink == NULL || db == NULL || sock == NULL ||
-        blink_catalog_open(db, &shim.catalog, &err) < 0 ||
-        (shim.listen_fd = listen_on(sock, &err)) < 0 || boot(&shim, &args, blink, &err) < 0) {
+    /* Our pid goes in the row before the boot: should the command that
+     * started us die meanwhile, the next one sees a live shim booting, not
+     * a crash, and waits for it instead of starting a second VM. */
+    bool booting = blink != NULL && db != NULL && sock != NULL &&
+                   blink_catalog_open(db, &shim.catalog, &err) == 0;
+    if (booting)
+        record_state(&shim, BLINK_STATE_STARTING, NULL);
+    if (!booting || (shim.listen_fd = listen_on(sock, &err)) < 0 ||
+        boot(&shim, &args, blink, &err) < 0) {
         char text[1400];
         blink_error_format(&err, text, sizeof(text));
         log_error("shim", "%s", text);

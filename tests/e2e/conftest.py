@@ -101,5 +101,26 @@ def live_pids(pattern):
     return pids
 
 
+# Where this run's VMs get their kernel: the set-up home and pytest's temp
+# root (fresh homes). VMs of anyone else on the machine are not ours.
+OUR_ROOTS = [os.path.realpath(HOME)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def our_roots(tmp_path_factory):
+    OUR_ROOTS.append(os.path.realpath(tmp_path_factory.getbasetemp()))
+
+
 def qemu_pids():
-    return live_pids("qemu-system-x86_64")
+    """Live QEMUs started by this test run."""
+    pids = set()
+    for pid in live_pids("qemu-system-x86_64"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        kernel = argv[argv.index(b"-kernel") + 1].decode() if b"-kernel" in argv else ""
+        if any(kernel.startswith(root + "/") for root in OUR_ROOTS):
+            pids.add(pid)
+    return pids

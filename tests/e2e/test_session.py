@@ -9,11 +9,22 @@ import time
 
 import pytest
 
-from conftest import CLI, HOME, live_pids, qemu_pids, run_cli
+from conftest import CLI, HOME, OUR_ROOTS, live_pids, qemu_pids, run_cli
 
 
 def shim_pids():
-    return live_pids("blink-shim")
+    """Live shims of this test run's homes (see conftest.OUR_ROOTS)."""
+    pids = set()
+    for pid in live_pids("blink-shim"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        home = argv[argv.index(b"--home") + 1].decode() if b"--home" in argv else ""
+        if any(home == root or home.startswith(root + "/") for root in OUR_ROOTS):
+            pids.add(pid)
+    return pids
 
 
 def active_executions(name):
@@ -335,7 +346,40 @@ def test_disk_size_grows_the_guest_root(session, agent):
     assert run_cli("session", "info", "--name", session + "-x").event["code"] == "not_found"
 
 
+def test_open_killed_while_booting_leaves_a_session_the_next_command_uses(fresh_home, agent):
+    home = fresh_home
+    env = dict(os.environ, BLINK_HOME=str(home), BLINK_ACCEL="auto")
+    opener = subprocess.Popen([str(CLI), "session", "open", "--name", "orphan-1", "--warm"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # Until the shim has put its pid in the row and is booting.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and opener.poll() is None:
+            info = run_cli("session", "info", "--name", "orphan-1", home=home).event
+            if info.get("session", {}).get("state") == "starting" and \
+                    info["session"]["shim_pid"] > 0:
+                break
+            time.sleep(0.05)
+        assert opener.poll() is None, "the open ended before its shim was seen booting"
+        opener.send_signal(signal.SIGKILL)
+        opener.wait()
+
+        # The booting shim is not taken for a crash, and the next command
+        # waits for it rather than starting a second VM on the same disk.
+        state = run_cli("session", "info", "--name", "orphan-1", home=home).event["session"]
+        assert state["state"] in ("starting", "running"), state
+        r = run_cli("session", "run", "--name", "orphan-1",
+                    agent("#!/bin/sh\necho adopted\n"), home=home)
+        assert r.event["stdout"] == "adopted\n", r
+        assert len(live_pids(f"blink-shim --home {home} --name orphan-1 ")) == 1
+    finally:
+        assert run_cli("session", "remove", "--name", "orphan-1", "--force",
+                       home=home).returncode == 0
+    assert live_pids(f"blink-shim --home {home} --name orphan-1 ") == set()
+
+
 def test_no_shim_or_qemu_left():
     """Runs last in this module."""
     assert shim_pids() == set()
     assert qemu_pids() == set()
+
