@@ -107,11 +107,14 @@ static int list_disk_checkpoints(session_ctx_t *s, const char *disk,
     return 0;
 }
 
+/* The active disk's checkpoints (the first *disk_count), then the layers'. */
 static int list_checkpoints(session_ctx_t *s, blink_checkpoint_info_t **list, size_t *count,
-                            blink_error_t *err)
+                            size_t *disk_count, blink_error_t *err)
 {
     if (list_disk_checkpoints(s, s->disk, list, count, err) < 0)
         return -1;
+    if (disk_count)
+        *disk_count = *count;
     if (add_layered(s, list, count, err) < 0) {
         free(*list);
         *list = NULL;
@@ -126,13 +129,8 @@ int checkpoint_find(session_ctx_t *s, const char *snapshot, blink_checkpoint_inf
 {
     blink_checkpoint_info_t *list;
     size_t count, disk_count;
-    if (list_disk_checkpoints(s, s->disk, &list, &disk_count, err) < 0)
+    if (list_checkpoints(s, &list, &count, &disk_count, err) < 0)
         return -1;
-    count = disk_count;
-    if (add_layered(s, &list, &count, err) < 0) {
-        free(list);
-        return -1;
-    }
     int rc = blink_fail(err, BLINK_E_NOT_FOUND, 0, "session `%s` has no checkpoint `%s`", s->name,
                         snapshot);
     for (size_t i = 0; i < count; i++)
@@ -234,7 +232,7 @@ int blink_session_checkpoints(blink_t *blink, const char *name, blink_checkpoint
     *count = 0;
     if (session_ctx_open(blink, name, &s, err) == 0 &&
         blink_catalog_session_get(s.catalog, name, &row, err) == 0)
-        rc = list_checkpoints(&s, list, count, err);
+        rc = list_checkpoints(&s, list, count, NULL, err);
     session_ctx_close(&s);
     return rc;
 }

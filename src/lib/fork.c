@@ -75,24 +75,23 @@ fail:
 
 /* A stopped source that has written nothing since it last froze (its
  * overlay holds no data and no checkpoints) forks from that same layer:
- * forking one session many times does not stack layers. NULL with err
- * cleared when there is no such layer. */
-static char *idle_layer(session_ctx_t *src, blink_error_t *err)
+ * forking one session many times does not stack layers. *layer stays NULL
+ * when there is no such layer. */
+static int idle_layer(session_ctx_t *src, char **layer, blink_error_t *err)
 {
     bool empty = false;
     char *backing = NULL;
     uint64_t size = 0;
-    memset(err, 0, sizeof(*err));
-    if (layers_overlay_empty(src->disk, &empty, err) < 0)
-        return NULL;
-    if (!empty || layers_read_header(src->disk, &backing, &size, err) < 0 || backing == NULL)
-        return NULL;
-    const char *relative = layers_relative(src->blink, backing);
-    if (relative == NULL || strncmp(relative, "layers/", 7) != 0 || strchr(relative + 7, '/')) {
+    *layer = NULL;
+    if (layers_overlay_empty(src->disk, &empty, err) < 0 ||
+        (empty && layers_read_header(src->disk, &backing, &size, err) < 0))
+        return -1;
+    const char *relative = backing ? layers_relative(src->blink, backing) : NULL;
+    if (relative && strncmp(relative, "layers/", 7) == 0 && !strchr(relative + 7, '/'))
+        *layer = backing;
+    else
         free(backing); /* it stands on its image: freeze it once */
-        return NULL;
-    }
-    return backing;
+    return 0;
 }
 
 /* Every fork of a running or busy source adds a layer under it. */
@@ -206,7 +205,7 @@ int blink_session_fork(blink_t *blink, const char *source, const char *target,
     if ((layers_fd = layers_lock(blink, err)) < 0)
         goto out;
     bool running = session_is_running(&src, &row);
-    if (!running && (layer = idle_layer(&src, err)) == NULL && err->code != 0)
+    if (!running && idle_layer(&src, &layer, err) < 0)
         goto out;
     if (layer == NULL && check_depth(&src, err) < 0)
         goto out;

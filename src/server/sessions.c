@@ -15,6 +15,13 @@ static bool session_param(request_t *req, const char *name, enum MHD_Result *que
     return false;
 }
 
+/* The session name of the path, then the JSON object body; NULL when either
+ * is bad, with the error queued. */
+static json_t *session_body(request_t *req, const char *name, enum MHD_Result *queued)
+{
+    return session_param(req, name, queued) ? http_body_object(req, queued) : NULL;
+}
+
 enum MHD_Result route_sessions_list(request_t *req, char **params)
 {
     (void)params;
@@ -121,9 +128,7 @@ enum MHD_Result route_session_stop(request_t *req, char **params)
 enum MHD_Result route_session_run(request_t *req, char **params)
 {
     enum MHD_Result queued;
-    if (!session_param(req, params[0], &queued))
-        return queued;
-    json_t *body = http_body_object(req, &queued);
+    json_t *body = session_body(req, params[0], &queued);
     if (body == NULL)
         return queued;
 
@@ -148,9 +153,7 @@ enum MHD_Result route_session_run(request_t *req, char **params)
 enum MHD_Result route_checkpoints_create(request_t *req, char **params)
 {
     enum MHD_Result queued;
-    if (!session_param(req, params[0], &queued))
-        return queued;
-    json_t *body = http_body_object(req, &queued);
+    json_t *body = session_body(req, params[0], &queued);
     if (body == NULL)
         return queued;
 
@@ -236,9 +239,7 @@ enum MHD_Result route_checkpoint_delete(request_t *req, char **params)
 enum MHD_Result route_session_fork(request_t *req, char **params)
 {
     enum MHD_Result queued;
-    if (!session_param(req, params[0], &queued))
-        return queued;
-    json_t *body = http_body_object(req, &queued);
+    json_t *body = session_body(req, params[0], &queued);
     if (body == NULL)
         return queued;
 

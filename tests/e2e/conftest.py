@@ -111,16 +111,22 @@ def our_roots(tmp_path_factory):
     OUR_ROOTS.append(os.path.realpath(tmp_path_factory.getbasetemp()))
 
 
-def qemu_pids():
-    """Live QEMUs started by this test run."""
+def our_pids(pattern, option):
+    """Live processes matching `pattern` whose `option` argument (a path)
+    lies in one of this run's homes."""
     pids = set()
-    for pid in live_pids("qemu-system-x86_64"):
+    for pid in live_pids(pattern):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        kernel = argv[argv.index(b"-kernel") + 1].decode() if b"-kernel" in argv else ""
-        if any(kernel.startswith(root + "/") for root in OUR_ROOTS):
+        value = argv[argv.index(option) + 1].decode() if option in argv else ""
+        if any(value == root or value.startswith(root + "/") for root in OUR_ROOTS):
             pids.add(pid)
     return pids
+
+
+def qemu_pids():
+    """Live QEMUs started by this test run (by where their kernel is)."""
+    return our_pids("qemu-system-x86_64", b"-kernel")

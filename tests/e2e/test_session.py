@@ -9,22 +9,12 @@ import time
 
 import pytest
 
-from conftest import CLI, HOME, OUR_ROOTS, live_pids, qemu_pids, run_cli
+from conftest import CLI, HOME, live_pids, our_pids, qemu_pids, run_cli
 
 
 def shim_pids():
-    """Live shims of this test run's homes (see conftest.OUR_ROOTS)."""
-    pids = set()
-    for pid in live_pids("blink-shim"):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        home = argv[argv.index(b"--home") + 1].decode() if b"--home" in argv else ""
-        if any(home == root or home.startswith(root + "/") for root in OUR_ROOTS):
-            pids.add(pid)
-    return pids
+    """Live shims of this test run's homes."""
+    return our_pids("blink-shim", b"--home")
 
 
 def active_executions(name):
