@@ -94,9 +94,11 @@ if [ "$(id -u)" -eq 0 ]; then
   scripts/stage-test-user.sh "$home" > "$e2e_log.env" || { count "stage test user" 1; finish; }
   # shellcheck disable=SC1090
   . "$e2e_log.env"
-  runuser -u "$TEST_USER" -- env HOME="$TEST_HOME" BLINK_HOME="$TEST_HOME/blink" \
-    BLINK_BUILD_DIR="$TEST_STAGE/build" PATH=/usr/local/bin:/usr/bin:/bin \
-    /usr/bin/python3 -m pytest -p no:cacheprovider -q "$TEST_STAGE/tests/e2e" "$@" 2>&1 |
+  # From the stage: the clone may sit in a folder the test user cannot enter.
+  (cd "$TEST_STAGE" && runuser -u "$TEST_USER" -- env HOME="$TEST_HOME" \
+    BLINK_HOME="$TEST_HOME/blink" BLINK_BUILD_DIR="$TEST_STAGE/build" \
+    PATH=/usr/local/bin:/usr/bin:/bin \
+    /usr/bin/python3 -m pytest -p no:cacheprovider -q "$TEST_STAGE/tests/e2e" "$@") 2>&1 |
     tee "$e2e_log"
   rm -f "$e2e_log.env"
   rm -rf "$TEST_STAGE"

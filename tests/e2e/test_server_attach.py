@@ -376,6 +376,11 @@ def test_stop_does_not_wait_for_a_trickling_upload(tmp_path):
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     sock.sendall(f"POST /api/import HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
                  f"{head}\r\n".encode() + body[:1000])
+    # Only once the server is receiving it (its upload file exists).
+    deadline = time.monotonic() + 60
+    while not [p for p in (srv.home / "tmp").iterdir() if p.name.startswith("upload-")]:
+        assert time.monotonic() < deadline, srv.log_text()
+        time.sleep(0.05)
     srv.proc.send_signal(signal.SIGTERM)
     # The client keeps trickling; the server abandons the upload and exits.
     sent = 1000
